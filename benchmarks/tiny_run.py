@@ -1,0 +1,54 @@
+"""Time `constellation-kit fit --config recipes/tiny.yaml` end to end and read its curve back from MLflow.
+
+    python benchmarks/tiny_run.py [--workdir DIR] [extra CLI args...]
+
+Runs the console script in a fresh working directory (so MLflow starts empty), then prints the
+wall time, the val/loss curve and, as the last line, one JSON object with
+``wall_s``, ``val_loss_first``, ``val_loss_last``, ``val_loss_ratio`` (last / first) and
+``val_loss_ratio_from_first_interval`` (last / the first value after training began).
+"""
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import mlflow
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--workdir", type=Path, default=None, help="where runs/ and mlflow.db go (default: a temp dir)")
+    args, extra = parser.parse_known_args()
+    workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tiny-run-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    command = ["constellation-kit", "fit", "--config", str(REPO / "recipes" / "tiny.yaml"), *extra]
+    start = time.perf_counter()
+    subprocess.run(command, cwd=workdir, check=True)
+    wall = time.perf_counter() - start
+
+    client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("tiny")
+    run = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])[0]
+    curve = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val/loss"))
+    print(f"\nwall time {wall:.1f} s; val/loss by step:")
+    for step, value in curve:
+        print(f"  {step:6d}  {value:.4f}")
+    first, last = curve[0][1], curve[-1][1]
+    after_start = curve[1][1] if len(curve) > 1 else first
+    print(json.dumps({
+        "wall_s": round(wall, 1),
+        "val_loss_first": round(first, 4),
+        "val_loss_last": round(last, 4),
+        "val_loss_ratio": round(last / first, 4),
+        "val_loss_ratio_from_first_interval": round(last / after_start, 4),
+    }))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

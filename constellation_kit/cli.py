@@ -1,0 +1,181 @@
+"""The ``constellation-kit`` console script: LightningCLI's fit/validate/test/predict plus the kit's own commands.
+
+Every subcommand lives in one parser, so ``constellation-kit --help`` lists them all. Lightning's
+subcommands keep every jsonargparse habit: several ``--config`` files compose left to right,
+dotted overrides (``--model.init_args.optimizer.init_args.lr 3e-4``), ``--print_config``.
+The kit's own commands (``plan``, ``compare``, ...) register a :class:`Command` in
+:data:`COMMANDS`; a command that reads a recipe gets the same ``--config`` handling.
+"""
+
+import logging
+import sys
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ArgumentParser, Namespace, lazy_instance
+from lightning.pytorch import Callback, LightningDataModule, Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.plugins.io import CheckpointIO
+
+from constellation_kit.data.batching import micro_batch_size
+from constellation_kit.checkpointing import AtomicCheckpointIO, find_last_checkpoint
+from constellation_kit.errors import ConfigError
+from constellation_kit.tracking import MLflowRunLogger, SaveConfigToRun
+from constellation_kit.train.module import LanguageModel
+
+
+@dataclass(frozen=True)
+class Command:
+    """A first-class subcommand beside Lightning's.
+
+    ``add_arguments(parser)`` declares its options; ``run(config, cli)`` does the work with the
+    parsed options. With ``reads_recipe`` the parser also takes the model/data/trainer sections
+    and ``--config`` recipes, exactly as ``fit`` does, so ``plan --config recipes/xl.yaml`` works.
+    """
+
+    name: str
+    help: str
+    add_arguments: Callable[[ArgumentParser], None]
+    run: Callable[[Namespace, "ConstellationCLI"], None]
+    reads_recipe: bool = False
+
+
+COMMANDS: dict[str, Command] = {}
+"""The kit's own subcommands, by name."""
+
+
+def register_command(command: Command) -> Command:
+    """Add a subcommand to ``constellation-kit`` (its name must not clash with another)."""
+    if command.name in COMMANDS or command.name in LightningCLI.subcommands():
+        raise ValueError(f"a subcommand named {command.name!r} already exists")
+    COMMANDS[command.name] = command
+    return command
+
+
+class ConstellationCLI(LightningCLI):
+    """LightningCLI with the kit's defaults: MLflow tracking, atomic checkpoints, recipe-named runs."""
+
+    def __init__(self, args: list[str] | None = None, run: bool = True) -> None:
+        super().__init__(
+            model_class=LanguageModel,
+            datamodule_class=LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_callback=SaveConfigToRun,
+            save_config_kwargs={"overwrite": True},
+            trainer_defaults={
+                "logger": lazy_instance(MLflowRunLogger),
+                # Our samplers shard by rank themselves and resume mid-epoch; Lightning's
+                # automatic DistributedSampler would replace them and lose both.
+                "use_distributed_sampler": False,
+                "default_root_dir": "runs",
+            },
+            auto_configure_optimizers=False,
+            parser_kwargs={"description": "Train and study sparse multimodal foundation models from YAML recipes."},
+            args=args,
+            run=run,
+        )
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        # The tokenizer decides the vocabulary; the model is sized from it, never by hand.
+        parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand in COMMANDS:
+            return
+        # Fail on a bad recipe now, with the recipe's words, not minutes into trainer setup.
+        if isinstance(self.model, LanguageModel):
+            self.model.check_config()
+        global_batch = getattr(self.datamodule, "global_batch_size", None)
+        if global_batch is not None:
+            micro_batch_size(global_batch, self.trainer.accumulate_grad_batches, self.trainer.world_size)
+
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
+        # Atomic checkpoint writes unless the recipe chose its own CheckpointIO. Added here rather
+        # than as a default value because a plugin instance does not print back as YAML.
+        plugins = config.get("plugins") or []
+        plugins = list(plugins) if isinstance(plugins, list) else [plugins]
+        if not any(isinstance(p, CheckpointIO) for p in plugins):
+            plugins.append(AtomicCheckpointIO())
+        config["plugins"] = plugins
+        return super()._instantiate_trainer(config, callbacks)
+
+    # -- the kit's own subcommands -------------------------------------------------------------
+
+    def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
+        super()._add_subcommands(parser, **kwargs)
+        for command in COMMANDS.values():
+            subparser = self.init_parser(description=command.help)
+            if command.reads_recipe:
+                self._add_arguments(subparser)
+            command.add_arguments(subparser)
+            self._subcommand_parsers[command.name] = subparser
+            parser._subcommands_action.add_subcommand(command.name, subparser, help=command.help)
+
+    def _set_seed(self) -> None:
+        command = COMMANDS.get(self.subcommand)
+        if command is None or command.reads_recipe:  # only recipe parsers have seed_everything
+            super()._set_seed()
+
+    def instantiate_classes(self) -> None:
+        if self.subcommand not in COMMANDS:
+            super().instantiate_classes()
+
+    def _run_subcommand(self, subcommand: str) -> None:
+        if subcommand in COMMANDS:
+            COMMANDS[subcommand].run(self.config[subcommand], self)
+        else:
+            super()._run_subcommand(subcommand)
+
+    # -- run naming and resuming ---------------------------------------------------------------
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand is None or self.subcommand in COMMANDS:
+            return
+        config = self.config[self.subcommand]
+        logger = config.trainer.logger
+        recipes = [Path(str(p)) for p in (config.get("config") or [])]
+        if isinstance(logger, Namespace) and _is_class(logger, MLflowRunLogger):
+            init = logger.init_args
+            if init.run_name is None:
+                init.run_name = "+".join(p.stem for p in recipes) or "run"
+            if config.ckpt_path == "last":
+                group = Path(init.run_root) / init.experiment_name / init.run_name
+                last = find_last_checkpoint(group)
+                config.ckpt_path = str(last)
+                if self.subcommand == "fit":
+                    # Continue the same MLflow run and run directory rather than starting a new one.
+                    init.run_id = last.parent.parent.name
+                logging.getLogger(__name__).info("Resuming from %s", last)
+        ckpt = config.ckpt_path
+        if ckpt is not None and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).is_file():
+            raise ConfigError(f"--ckpt_path {ckpt}: no such checkpoint file. Check the path, or use --ckpt_path last")
+
+
+def _is_class(namespace: Namespace, cls: type) -> bool:
+    class_path = namespace.get("class_path", "")
+    return class_path in (f"{cls.__module__}.{cls.__qualname__}", cls.__qualname__)
+
+
+def _quiet_known_warnings() -> None:
+    # Pre-packed arrays need no worker processes; Lightning's advice to add some is noise here.
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    # TextDataModule restores the data position itself (its state_dict), not through the loader.
+    warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
+
+
+def main(args: list[str] | None = None) -> None:
+    """Entry point of the ``constellation-kit`` console script."""
+    _quiet_known_warnings()
+    try:
+        ConstellationCLI(args=args)
+    except ConfigError as error:
+        print(f"constellation-kit: error: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

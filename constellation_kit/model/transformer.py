@@ -1,0 +1,190 @@
+"""The decoder-only transformer, assembled from injected component factories.
+
+Every sublayer is built by a factory the recipe names by ``class_path`` (jsonargparse turns a
+``Callable[[int, ...], nn.Module]`` with ``init_args`` into a partial that takes the remaining
+positional arguments here). Injecting factories rather than built modules is what lets the
+LightningModule construct the whole network inside ``configure_model``, on the meta device when
+the model is too large for one device, and lets a parallelize step wrap each block.
+
+One block, pre-norm (GPT-2 / Llama)::
+
+    x ──► norm ──► attention ──► dropout ──(+)──► norm ──► feed-forward ──► dropout ──(+)──►
+    │                                      ▲  │                                        ▲
+    └──────────────────────────────────────┘  └────────────────────────────────────────┘
+
+A sublayer may return ``(y, aux)`` instead of ``y``: the aux value (for example a router's
+statistics) is passed back to the caller in :attr:`TransformerOutput.aux`, never kept as state.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from constellation_kit.errors import ConfigError
+from constellation_kit.model.attention import GroupedQueryAttention
+from constellation_kit.model.feedforward import SwiGLU
+from constellation_kit.model.layout import SequenceLayout
+
+AttentionFactory = Callable[[int, int], nn.Module]
+"""Builds a self-attention sublayer from ``(d_model, layer_index)``."""
+FeedForwardFactory = Callable[[int], nn.Module]
+"""Builds a feed-forward sublayer from ``d_model``."""
+NormFactory = Callable[[int], nn.Module]
+"""Builds a normalisation layer from ``d_model``."""
+
+
+@dataclass
+class TransformerOutput:
+    """What one forward pass returns.
+
+    ``hidden`` (B, T, d_model): the final-normed hidden states; :meth:`Transformer.logits` maps them
+    to the vocabulary (kept separate so a loss can avoid materialising all logits at once).
+    ``aux``: one entry per sublayer that returned ``(y, aux)``, as ``(layer_index, aux)``.
+    """
+
+    hidden: torch.Tensor
+    aux: list[tuple[int, Any]] = field(default_factory=list)
+
+
+class Block(nn.Module):
+    """One pre-norm transformer block: (B, T, d_model) -> (B, T, d_model)."""
+
+    def __init__(
+        self,
+        d_model: int,
+        layer_index: int,
+        attention: AttentionFactory,
+        feed_forward: FeedForwardFactory,
+        norm: NormFactory,
+        dropout: float,
+    ) -> None:
+        super().__init__()
+        self.layer_index = layer_index
+        self.attention_norm = norm(d_model)
+        self.attention = attention(d_model, layer_index)
+        self.feed_forward_norm = norm(d_model)
+        self.feed_forward = feed_forward(d_model)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor, layout: SequenceLayout, aux: list[tuple[int, Any]]) -> torch.Tensor:
+        x = x + self.dropout(self._collect(self.attention(self.attention_norm(x), layout), aux))
+        x = x + self.dropout(self._collect(self.feed_forward(self.feed_forward_norm(x)), aux))
+        return x
+
+    def _collect(self, out: torch.Tensor | tuple[torch.Tensor, Any], aux: list[tuple[int, Any]]) -> torch.Tensor:
+        if isinstance(out, tuple):
+            out, extra = out
+            aux.append((self.layer_index, extra))
+        return out
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer: token ids (B, T) -> hidden states (B, T, d_model) -> logits (B, T, V).
+
+    Args:
+        vocab_size: tokenizer vocabulary, supplied by the caller (the data decides it).
+        d_model: model width.
+        n_layers: number of blocks.
+        attention: factory for each block's self-attention, called as ``attention(d_model, layer_index)``.
+        feed_forward: factory for each block's feed-forward, called as ``feed_forward(d_model)``.
+        norm: factory for every normalisation layer, called as ``norm(d_model)``.
+        dropout: residual and embedding dropout.
+        tie_embeddings: reuse the token-embedding matrix as the LM head (Press & Wolf 2017).
+        pad_vocab_to: round the embedding rows up to a multiple of this, for matmul-friendly
+            shapes (nanoGPT: 50257 -> 50304); the extra rows are never targets.
+        init_std: standard deviation of the embedding and LM-head initialisation.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        *,
+        d_model: int = 256,
+        n_layers: int = 4,
+        attention: AttentionFactory = GroupedQueryAttention,
+        feed_forward: FeedForwardFactory = SwiGLU,
+        norm: NormFactory = nn.RMSNorm,
+        dropout: float = 0.0,
+        tie_embeddings: bool = False,
+        pad_vocab_to: int = 64,
+        init_std: float = 0.02,
+    ) -> None:
+        super().__init__()
+        if vocab_size < 1 or d_model < 1 or n_layers < 1:
+            raise ConfigError(
+                f"vocab_size={vocab_size}, d_model={d_model} and n_layers={n_layers} must all be positive"
+            )
+        self.vocab_size = vocab_size
+        self.d_model = d_model
+        self.n_layers = n_layers
+        self.tie_embeddings = tie_embeddings
+        self.init_std = init_std
+        padded_vocab = pad_vocab_to * -(-vocab_size // pad_vocab_to)
+        self.token_embedding = nn.Embedding(padded_vocab, d_model)
+        self.embedding_dropout = nn.Dropout(dropout)
+        self.blocks = nn.ModuleList(
+            Block(d_model, i, attention, feed_forward, norm, dropout) for i in range(n_layers)
+        )
+        self.final_norm = norm(d_model)
+        # A tied head is not a module: sharing one Parameter between two modules breaks under
+        # to_empty() and FSDP sharding, so the head reads the embedding weight directly instead.
+        self.lm_head = None if tie_embeddings else nn.Linear(d_model, padded_vocab, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Initialise the parameters this module owns directly (embedding, head)."""
+        nn.init.normal_(self.token_embedding.weight, std=self.init_std)
+        if self.lm_head is not None:
+            nn.init.normal_(self.lm_head.weight, std=self.init_std)
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Re-initialise every submodule through its own ``reset_parameters()``.
+
+        Use after materialising a meta-device model (``to_empty``). Children go before parents, so a
+        parent's choice (e.g. the embedding's std) overrides a child's library default.
+        """
+        for module in reversed(list(self.modules())):
+            reset = getattr(module, "reset_parameters", None)
+            if callable(reset):
+                reset()
+
+    def embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        """Token ids (B, T) -> embeddings (B, T, d_model); callers may overwrite positions before :meth:`forward`."""
+        return self.token_embedding(tokens)
+
+    def forward(
+        self,
+        tokens: torch.Tensor | None = None,
+        layout: SequenceLayout | None = None,
+        embeddings: torch.Tensor | None = None,
+    ) -> TransformerOutput:
+        """Run the blocks over ``tokens`` (B, T), or over precomputed ``embeddings`` (B, T, d_model).
+
+        ``layout`` describes packed documents; ``None`` means one document per row.
+        """
+        if embeddings is None:
+            if tokens is None:
+                raise ValueError("Transformer.forward needs tokens or embeddings")
+            embeddings = self.embed(tokens)
+        batch, seq_len, _ = embeddings.shape
+        if layout is None:
+            layout = SequenceLayout.single_document(batch, seq_len, embeddings.device)
+        x = self.embedding_dropout(embeddings)
+        aux: list[tuple[int, Any]] = []
+        for block in self.blocks:
+            x = block(x, layout, aux)
+        return TransformerOutput(hidden=self.final_norm(x), aux=aux)
+
+    @property
+    def head_weight(self) -> torch.Tensor:
+        """The (padded_vocab, d_model) output projection, tied or not."""
+        return self.token_embedding.weight if self.lm_head is None else self.lm_head.weight
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states (..., d_model) -> logits (..., vocab_size), padding rows dropped."""
+        return F.linear(hidden, self.head_weight)[..., : self.vocab_size]

@@ -1,0 +1,7 @@
+"""Training: the LightningModule, optimizer parameter groups and the LR schedule."""
+
+from constellation_kit.train.module import LanguageModel
+from constellation_kit.train.param_groups import weight_decay_groups
+from constellation_kit.train.schedule import WarmupCosineSchedule, warmup_cosine_factor
+
+__all__ = ["LanguageModel", "WarmupCosineSchedule", "warmup_cosine_factor", "weight_decay_groups"]

@@ -1,0 +1,107 @@
+"""The LightningModule: where the model and the data meet."""
+
+from collections.abc import Callable, Iterable
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch.optim import Optimizer
+from torch.optim.lr_scheduler import LRScheduler
+
+from constellation_kit.data.packing import IGNORE_INDEX
+from constellation_kit.errors import ConfigError
+from constellation_kit.model.layout import SequenceLayout
+from constellation_kit.model.transformer import Transformer
+from constellation_kit.train.param_groups import weight_decay_groups
+
+NetworkFactory = Callable[[int], Transformer]
+"""Builds the network from the vocabulary size (which the data decides)."""
+OptimizerFactory = Callable[[Iterable], Optimizer]
+"""Builds the optimizer from parameter groups; its ``lr`` is the peak LR."""
+SchedulerFactory = Callable[[Optimizer, int], LRScheduler]
+"""Builds the per-step LR scheduler from the optimizer and the run's total optimizer steps."""
+
+
+class LanguageModel(L.LightningModule):
+    """Next-token prediction over packed sequences.
+
+    Takes batches of (B, T) ``tokens``, ``targets`` and ``document_ids`` and minimises the mean
+    cross-entropy of the targets (positions marked -100 excluded). Logs ``train/loss``,
+    ``train/lr`` and ``val/loss``.
+
+    The network is injected as a factory and built in :meth:`configure_model`, so a strategy can
+    build it on the meta device and shard it before any weight exists in full.
+
+    Args:
+        network: factory for the network, called with the vocabulary size.
+        vocab_size: the tokenizer's vocabulary; the CLI links it from ``data.vocab_size``.
+        optimizer: factory for the optimizer, called with the parameter groups (weight decay off
+            for norms, biases and embeddings; see :func:`weight_decay_groups`).
+        scheduler: factory for the LR schedule, called with the optimizer and the total steps.
+    """
+
+    def __init__(
+        self,
+        network: NetworkFactory,
+        vocab_size: int,
+        optimizer: OptimizerFactory = torch.optim.AdamW,
+        scheduler: SchedulerFactory | None = None,
+    ) -> None:
+        super().__init__()
+        self.network_factory = network
+        self.vocab_size = vocab_size
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        # Factories are partials, not hyperparameters: the CLI saves the full config instead.
+        self.save_hyperparameters(ignore=["network", "optimizer", "scheduler"], logger=False)
+        self.network: Transformer | None = None
+
+    def check_config(self) -> None:
+        """Build the network once on the meta device (no memory, any size) and discard it.
+
+        Raises the network's own :class:`ConfigError` (sizes that do not divide, ...) before a
+        trainer spends time setting up; the CLI calls it right after instantiation.
+        """
+        with torch.device("meta"):
+            self.network_factory(self.vocab_size)
+
+    def configure_model(self) -> None:
+        if self.network is None:
+            self.network = self.network_factory(self.vocab_size)
+
+    def forward(self, tokens: torch.Tensor, document_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, vocab)."""
+        layout = None if document_ids is None else SequenceLayout.from_document_ids(document_ids)
+        return self.network.logits(self.network(tokens, layout).hidden)
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = self(batch["tokens"], batch["document_ids"])  # (B, T, V)
+        # fp32 log-softmax whatever the autocast: bf16 loses the small probabilities.
+        return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE_INDEX)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self._loss(batch)
+        self.log("train/loss", loss, prog_bar=True)
+        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.log("val/loss", self._loss(batch), prog_bar=True, sync_dist=True)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
+        self.log("test/loss", self._loss(batch), sync_dist=True)
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """The most likely next token at every position, (B, T)."""
+        return self(batch["tokens"], batch["document_ids"]).argmax(dim=-1)
+
+    def configure_optimizers(self):
+        optimizer = self.optimizer_factory(weight_decay_groups(self.network))
+        if self.scheduler_factory is None:
+            return optimizer
+        total_steps = self.trainer.estimated_stepping_batches
+        if total_steps == float("inf"):
+            raise ConfigError("the LR schedule needs a finite run: set trainer.max_steps (or trainer.max_epochs)")
+        scheduler = self.scheduler_factory(optimizer, int(total_steps))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+

@@ -1,0 +1,35 @@
+"""Shared fixtures: a per-session cache (so the tokenizer trains once) and a small recipe override."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TINY = str(REPO / "recipes" / "tiny.yaml")
+
+SMALL_DATA = [
+    # A few dozen stdlib files and a 512-token vocabulary: seconds to tokenise, enough windows.
+    "--data.init_args.source.init_args.max_documents=40",
+    "--data.init_args.tokenizer.init_args.vocab_size=512",
+    "--data.init_args.seq_len=32",
+    "--data.init_args.global_batch_size=4",
+    "--data.init_args.val_fraction=0.2",
+]
+"""CLI overrides that shrink the tiny recipe's data for tests."""
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Every test shares one cache directory, fresh for the session, never the user's."""
+    cache = tmp_path_factory.mktemp("cache")
+    os.environ["CONSTELLATION_KIT_CACHE"] = str(cache)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    return cache
+
+
+@pytest.fixture
+def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Run in an empty working directory: runs/ and mlflow.db land there."""
+    monkeypatch.chdir(tmp_path)
+    return tmp_path

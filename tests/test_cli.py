@@ -1,0 +1,177 @@
+"""The console script, driven in-process exactly as a user types it."""
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from lightning.pytorch import Callback, Trainer
+
+from constellation_kit.cli import COMMANDS, Command, ConstellationCLI, main
+from conftest import REPO, SMALL_DATA, TINY
+
+RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml"))
+VARIANTS = sorted((REPO / "recipes" / "variants").glob("*.yaml"))
+CALLBACK_PRESETS = sorted((REPO / "callbacks").glob("*.yaml"))
+
+
+def print_config(capsys: pytest.CaptureFixture, *configs: str | Path, extra: list[str] = ()) -> dict:
+    args = ["fit"] + [f"--config={c}" for c in configs] + list(extra) + ["--print_config"]
+    with pytest.raises(SystemExit) as exit_:
+        main(args)
+    assert exit_.value.code in (0, None)
+    return yaml.safe_load(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
+def test_every_recipe_parses(recipe: Path, capsys: pytest.CaptureFixture) -> None:
+    config = print_config(capsys, recipe)
+    assert config["model"]["class_path"].startswith("constellation_kit.")
+    assert config["data"]["class_path"].startswith("constellation_kit.")
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda p: p.name)
+def test_every_variant_stacks_on_tiny(variant: Path, capsys: pytest.CaptureFixture) -> None:
+    assert print_config(capsys, TINY, variant)["model"]
+
+
+@pytest.mark.parametrize("preset", CALLBACK_PRESETS, ids=lambda p: p.name)
+def test_every_callback_preset_stacks_on_tiny(preset: Path, capsys: pytest.CaptureFixture) -> None:
+    tiny = print_config(capsys, TINY)
+    stacked = print_config(capsys, TINY, preset)
+    preset_paths = [c["class_path"] for c in yaml.safe_load(preset.read_text())["trainer"].get("callbacks+", [])]
+    stacked_paths = [c["class_path"] for c in stacked["trainer"]["callbacks"]]
+    assert stacked_paths[: len(tiny["trainer"]["callbacks"])] == [c["class_path"] for c in tiny["trainer"]["callbacks"]]
+    assert stacked_paths[len(tiny["trainer"]["callbacks"]) :] == preset_paths
+
+
+def test_later_configs_and_dotted_overrides_win(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    override = tmp_path / "wider.yaml"
+    override.write_text("model:\n  init_args:\n    network:\n      init_args:\n        d_model: 256\n")
+    config = print_config(capsys, TINY, override, extra=["--model.init_args.network.init_args.n_layers=3"])
+    network = config["model"]["init_args"]["network"]["init_args"]
+    assert (network["d_model"], network["n_layers"]) == (256, 3)
+
+
+def fit(*args: str) -> ConstellationCLI:
+    return ConstellationCLI(args=["fit", f"--config={TINY}", *SMALL_DATA, *args])
+
+
+def test_print_config_output_runs_as_printed(capsys: pytest.CaptureFixture, in_tmp_dir: Path) -> None:
+    printed = in_tmp_dir / "printed.yaml"
+    config = print_config(capsys, TINY, extra=SMALL_DATA + ["--trainer.max_steps=1", "--trainer.limit_val_batches=1"])
+    printed.write_text(yaml.safe_dump(config))
+    cli = ConstellationCLI(args=["fit", f"--config={printed}"])
+    assert cli.trainer.global_step == 1
+
+
+def run_history(run_id: str, key: str) -> dict[int, float]:
+    client = mlflow.MlflowClient("sqlite:///mlflow.db")
+    return {m.step: m.value for m in client.get_metric_history(run_id, key)}
+
+
+class StopAtStep(Callback):
+    """Ends fit after ``step`` optimizer steps, as if the run had been interrupted there."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_end(self, trainer: Trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_fit_two_steps_then_resume_continues_exactly(in_tmp_dir: Path) -> None:
+    common = ["--trainer.max_steps=4", "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=2",
+              "--trainer.val_check_interval=2"]
+    every_step = ["--trainer.callbacks.init_args.every_n_train_steps=1"]
+    stop = '--trainer.callbacks+={"class_path": "test_cli.StopAtStep", "init_args": {"step": 2}}'
+    first = fit(*common, *every_step, stop)
+    assert first.trainer.global_step == 2
+    run_dir = first.trainer.logger.run_dir
+    names = sorted(p.name for p in (run_dir / "checkpoints").iterdir())
+    assert names == ["last.ckpt", "step0000001.ckpt", "step0000002.ckpt"]  # no "step=step=" glitch
+
+    resumed = fit("--ckpt_path=last", *common, *every_step)
+    assert resumed.trainer.global_step == 4
+    assert resumed.trainer.logger.run_id == first.trainer.logger.run_id  # the same MLflow run continues
+    resumed_losses = run_history(resumed.trainer.logger.run_id, "train/loss")
+
+    straight = ConstellationCLI(
+        args=["fit", f"--config={TINY}", *SMALL_DATA, *common, "--trainer.logger.init_args.run_name=straight"]
+    )
+    straight_losses = run_history(straight.trainer.logger.run_id, "train/loss")
+    assert len(straight_losses) == 4 and resumed_losses.keys() == straight_losses.keys()
+    # Same data position, optimizer and schedule state: the resumed steps reproduce the straight run.
+    for step in straight_losses:
+        assert resumed_losses[step] == pytest.approx(straight_losses[step], rel=1e-6, abs=1e-7)
+    assert run_history(resumed.trainer.logger.run_id, "train/lr") == run_history(straight.trainer.logger.run_id, "train/lr")
+
+
+def test_mlflow_run_holds_config_params_tags_and_curves(in_tmp_dir: Path) -> None:
+    cli = fit("--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.limit_val_batches=2",
+              "--trainer.log_every_n_steps=1")
+    run_id = cli.trainer.logger.run_id
+    client = mlflow.MlflowClient("sqlite:///mlflow.db")  # MLflow's local default, in the working directory
+    run = client.get_run(run_id)
+    assert run.info.run_name == "tiny"
+    assert run.data.tags["recipes"].endswith("recipes/tiny.yaml")
+    assert run.data.params["model.init_args.network.init_args.d_model"] == "128"
+    assert run.data.params["data.init_args.tokenizer.init_args.vocab_size"] == "512"
+    assert "config.yaml" in [a.path for a in client.list_artifacts(run_id)]
+    assert {"train/loss", "train/lr", "val/loss"} <= set(run.data.metrics)
+    val = run_history(run_id, "val/loss")
+    assert 0 in val  # the step-0 baseline from ValidateAtStart
+    assert (cli.trainer.logger.run_dir / "config.yaml").is_file()
+
+
+def error_of(capsys: pytest.CaptureFixture, *args: str) -> str:
+    with pytest.raises(SystemExit) as exit_:
+        main(list(args))
+    assert exit_.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_unknown_class_path_names_it(capsys: pytest.CaptureFixture) -> None:
+    err = error_of(capsys, "fit", f"--config={TINY}",
+                   "--model.init_args.network.init_args.attention.class_path=constellation_kit.model.NoSuchAttention")
+    assert "NoSuchAttention" in err
+
+
+def test_indivisible_d_model_is_one_clear_line(capsys: pytest.CaptureFixture, in_tmp_dir: Path) -> None:
+    err = error_of(capsys, "fit", f"--config={TINY}", *SMALL_DATA, "--model.init_args.network.init_args.d_model=130")
+    assert "d_model=130 is not divisible by n_heads=4" in err
+    assert "Traceback" not in err
+
+
+def test_indivisible_global_batch_names_the_three_numbers(capsys: pytest.CaptureFixture, in_tmp_dir: Path) -> None:
+    err = error_of(capsys, "fit", f"--config={TINY}", *SMALL_DATA, "--data.init_args.global_batch_size=6",
+                   "--trainer.accumulate_grad_batches=4")
+    assert "global_batch_size=6" in err and "accumulate_grad_batches=4" in err and "world_size=1" in err
+
+
+def test_resume_without_a_checkpoint_says_where_it_looked(capsys: pytest.CaptureFixture, in_tmp_dir: Path) -> None:
+    err = error_of(capsys, "fit", f"--config={TINY}", *SMALL_DATA, "--ckpt_path=last")
+    assert "runs/tiny/tiny/*/checkpoints/last.ckpt" in err
+
+
+def test_missing_checkpoint_file(capsys: pytest.CaptureFixture, in_tmp_dir: Path) -> None:
+    err = error_of(capsys, "validate", f"--config={TINY}", *SMALL_DATA, "--ckpt_path=nowhere.ckpt")
+    assert "nowhere.ckpt: no such checkpoint file" in err
+
+
+def test_a_registered_command_joins_the_same_help(capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = {}
+    command = Command(
+        name="hello",
+        help="Greet someone (a test command).",
+        add_arguments=lambda parser: parser.add_argument("--name", type=str, default="world"),
+        run=lambda config, cli: seen.update(name=config.name),
+    )
+    monkeypatch.setitem(COMMANDS, "hello", command)
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    help_text = capsys.readouterr().out
+    assert all(name in help_text for name in ("fit", "validate", "test", "predict", "hello"))
+    main(["hello", "--name=researcher"])
+    assert seen == {"name": "researcher"}
