@@ -19,3 +19,9 @@ class ValidateAtStart(Callback):
         trainer.validating = True
         val_loop.run()
         trainer.training = True
+
+
+# MoE callbacks live beside the MoE training code; re-exported so recipes name them here.
+from constellation_kit.train.moe_callbacks import AuxLossFreeBalancer, ExpertLoadHeatmap  # noqa: E402
+
+__all__ = ["AuxLossFreeBalancer", "ExpertLoadHeatmap", "ValidateAtStart"]

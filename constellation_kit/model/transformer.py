@@ -91,6 +91,10 @@ class Transformer(nn.Module):
         n_layers: number of blocks.
         attention: factory for each block's self-attention, called as ``attention(d_model, layer_index)``.
         feed_forward: factory for each block's feed-forward, called as ``feed_forward(d_model)``.
+        moe: factory for the feed-forward of the Mixture-of-Experts blocks, called as ``moe(d_model)``
+            (e.g. :class:`~constellation_kit.model.MoEFeedForward`); ``None`` makes every block dense.
+        moe_every: with ``moe`` set, block ``i`` is MoE when ``(i + 1) % moe_every == 0``: 1 makes
+            every block MoE, 2 every other block starting with the second (Switch, GShard).
         norm: factory for every normalisation layer, called as ``norm(d_model)``.
         dropout: residual and embedding dropout.
         tie_embeddings: reuse the token-embedding matrix as the LM head (Press & Wolf 2017).
@@ -107,6 +111,8 @@ class Transformer(nn.Module):
         n_layers: int = 4,
         attention: AttentionFactory = GroupedQueryAttention,
         feed_forward: FeedForwardFactory = SwiGLU,
+        moe: FeedForwardFactory | None = None,
+        moe_every: int = 1,
         norm: NormFactory = nn.RMSNorm,
         dropout: float = 0.0,
         tie_embeddings: bool = False,
@@ -118,6 +124,8 @@ class Transformer(nn.Module):
             raise ConfigError(
                 f"vocab_size={vocab_size}, d_model={d_model} and n_layers={n_layers} must all be positive"
             )
+        if moe_every < 1:
+            raise ConfigError(f"moe_every={moe_every} must be at least 1 (1 = every block is MoE)")
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.n_layers = n_layers
@@ -127,13 +135,21 @@ class Transformer(nn.Module):
         self.token_embedding = nn.Embedding(padded_vocab, d_model)
         self.embedding_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
-            Block(d_model, i, attention, feed_forward, norm, dropout) for i in range(n_layers)
+            Block(d_model, i, attention, self._feed_forward_of(i, feed_forward, moe, moe_every), norm, dropout)
+            for i in range(n_layers)
         )
         self.final_norm = norm(d_model)
         # A tied head is not a module: sharing one Parameter between two modules breaks under
         # to_empty() and FSDP sharding, so the head reads the embedding weight directly instead.
         self.lm_head = None if tie_embeddings else nn.Linear(d_model, padded_vocab, bias=False)
         self.reset_parameters()
+
+    @staticmethod
+    def _feed_forward_of(
+        layer_index: int, feed_forward: FeedForwardFactory, moe: FeedForwardFactory | None, moe_every: int
+    ) -> FeedForwardFactory:
+        """The feed-forward factory of block ``layer_index``: ``moe`` on every ``moe_every``-th block."""
+        return moe if moe is not None and (layer_index + 1) % moe_every == 0 else feed_forward
 
     def reset_parameters(self) -> None:
         """Initialise the parameters this module owns directly (embedding, head)."""

@@ -10,8 +10,11 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from constellation_kit.data.packing import IGNORE_INDEX
 from constellation_kit.errors import ConfigError
+from constellation_kit.model.balance import BalanceLoss
 from constellation_kit.model.layout import SequenceLayout
-from constellation_kit.model.transformer import Transformer
+from constellation_kit.model.router import RouterOutput
+from constellation_kit.model.transformer import Transformer, TransformerOutput
+from constellation_kit.train import moe_terms
 from constellation_kit.train.param_groups import weight_decay_groups
 
 NetworkFactory = Callable[[int], Transformer]
@@ -38,6 +41,10 @@ class LanguageModel(L.LightningModule):
         optimizer: factory for the optimizer, called with the parameter groups (weight decay off
             for norms, biases and embeddings; see :func:`weight_decay_groups`).
         scheduler: factory for the LR schedule, called with the optimizer and the total steps.
+        balance: router balance pieces (:mod:`constellation_kit.model.balance`); each adds
+            ``coefficient × value`` to the training loss and logs ``value`` as ``moe/<name>``.
+            ``train/loss`` and ``val/loss`` stay the language-model loss alone, comparable across
+            variants. MoE layers also log load telemetry under ``moe/...``.
     """
 
     def __init__(
@@ -46,14 +53,16 @@ class LanguageModel(L.LightningModule):
         vocab_size: int,
         optimizer: OptimizerFactory = torch.optim.AdamW,
         scheduler: SchedulerFactory | None = None,
+        balance: list[BalanceLoss] | None = None,
     ) -> None:
         super().__init__()
         self.network_factory = network
         self.vocab_size = vocab_size
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.balance = list(balance or [])
         # Factories are partials, not hyperparameters: the CLI saves the full config instead.
-        self.save_hyperparameters(ignore=["network", "optimizer", "scheduler"], logger=False)
+        self.save_hyperparameters(ignore=["network", "optimizer", "scheduler", "balance"], logger=False)
         self.network: Transformer | None = None
 
     def check_config(self) -> None:
@@ -74,22 +83,39 @@ class LanguageModel(L.LightningModule):
         layout = None if document_ids is None else SequenceLayout.from_document_ids(document_ids)
         return self.network.logits(self.network(tokens, layout).hidden)
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self(batch["tokens"], batch["document_ids"])  # (B, T, V)
-        # fp32 log-softmax whatever the autocast: bf16 loses the small probabilities.
-        return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE_INDEX)
+    def _network_output(self, batch: dict[str, torch.Tensor]) -> TransformerOutput:
+        """The network's hidden states and aux for a batch (the hook a subclass overrides to add inputs)."""
+        layout = SequenceLayout.from_document_ids(batch["document_ids"])
+        return self.network(batch["tokens"], layout)
 
-    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        loss = self._loss(batch)
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, RouterOutput]]]:
+        """The language-model loss and each MoE layer's ``(layer_index, RouterOutput)``."""
+        output = self._network_output(batch)
+        logits = self.network.logits(output.hidden)  # (B, T, V)
+        # fp32 log-softmax whatever the autocast: bf16 loses the small probabilities.
+        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE_INDEX)
+        return loss, moe_terms.routing_layers(output.aux)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | dict:
+        loss, routing = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
-        return loss
+        if not routing:
+            return loss
+        balance, values = moe_terms.balance_terms(self.balance, routing)
+        if balance is not None:
+            loss = loss + balance
+        # Tensors, not numbers: Lightning converts them (one host sync) only when it writes a log line.
+        self.log_dict({**values, **moe_terms.telemetry(routing)})
+        return {"loss": loss, **moe_terms.step_outputs(routing)}
 
-    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch), prog_bar=True, sync_dist=True)
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict | None:
+        loss, routing = self._loss(batch)
+        self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        return moe_terms.step_outputs(routing) if routing else None
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.log("test/loss", self._loss(batch), sync_dist=True)
+        self.log("test/loss", self._loss(batch)[0], sync_dist=True)
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         """The most likely next token at every position, (B, T)."""
