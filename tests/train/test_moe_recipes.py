@@ -1,0 +1,69 @@
+"""Every MoE variant trains; balance pieces and telemetry reach MLflow; the heatmap is an artifact."""
+
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from constellation_kit.cli import ConstellationCLI
+from constellation_kit.model import RouterZLoss
+from constellation_kit.train.moe_terms import balance_terms, load_statistics
+from conftest import REPO, SMALL_DATA, TINY
+
+VARIANTS = sorted((REPO / "recipes" / "variants").glob("*.yaml"))
+MOE_VARIANTS = [p for p in VARIANTS if p.stem.startswith(("moe-", "router-", "dense"))]
+TWO_STEPS = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2",
+             "--trainer.log_every_n_steps=1"]
+
+
+def metrics_of(cli: ConstellationCLI) -> dict[str, float]:
+    return mlflow.MlflowClient("sqlite:///mlflow.db").get_run(cli.trainer.logger.run_id).data.metrics
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("variant", MOE_VARIANTS, ids=lambda p: p.name)
+def test_variant_trains_two_steps(variant: Path, in_tmp_dir: Path) -> None:
+    cli = ConstellationCLI(args=["fit", f"--config={TINY}", f"--config={variant}", *SMALL_DATA, *TWO_STEPS])
+    assert cli.trainer.global_step == 2
+    metrics = metrics_of(cli)
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+    if variant.stem == "dense":
+        assert not any(name.startswith("moe/") for name in metrics)
+        return
+    assert {"moe/maxvio", "moe/cv", "moe/dead", "moe/router_entropy", "moe/dropped_fraction",
+            "moe/layer0/maxvio", "moe/router_z_loss"} <= set(metrics)
+    assert ("moe/switch_balance" in metrics) == (variant.stem not in ("moe-auxfree",))
+    assert ("moe/router_l2" in metrics) == (variant.stem != "router-l2-off")
+    biases = [b for name, b in cli.model.network.named_buffers() if name.endswith("expert_bias")]
+    moved = any(torch.count_nonzero(b) for b in biases)
+    assert moved == (variant.stem == "moe-auxfree")  # only the aux-free balancer touches the bias
+
+
+@pytest.mark.slow
+def test_heatmap_preset_logs_a_png_per_validation(in_tmp_dir: Path) -> None:
+    preset = REPO / "callbacks" / "moe-monitoring.yaml"
+    cli = ConstellationCLI(args=["fit", f"--config={TINY}", f"--config={preset}", *SMALL_DATA, *TWO_STEPS])
+    client = mlflow.MlflowClient("sqlite:///mlflow.db")
+    pngs = [a.path for a in client.list_artifacts(cli.trainer.logger.run_id, "expert_load")]
+    assert pngs == ["expert_load/step0000000.png", "expert_load/step0000002.png"]  # step-0 baseline and end
+    assert (cli.trainer.logger.run_dir / "expert_load" / "step0000002.png").read_bytes()[:4] == b"\x89PNG"
+    assert "moe/val_maxvio" in metrics_of(cli)
+
+
+def test_load_statistics_on_known_counts() -> None:
+    stats = load_statistics(torch.tensor([[4, 4, 4, 4], [8, 4, 4, 0]]))
+    torch.testing.assert_close(stats["maxvio"], torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(stats["dead"], torch.tensor([0.0, 1.0]))
+    torch.testing.assert_close(stats["cv"], torch.tensor([0.0, (8.0 ** 0.5) / 4]))
+
+
+def test_balance_total_is_the_coefficient_weighted_sum() -> None:
+    from constellation_kit.model import RouterOutput
+
+    logits = torch.randn(3, 4)
+    routing = RouterOutput(logits, logits.softmax(-1), torch.ones(3, 1), torch.zeros(3, 1, dtype=torch.long),
+                           torch.tensor([3, 0, 0, 0]), torch.zeros(4, 2))
+    total, values = balance_terms([RouterZLoss(coefficient=0.5)], [(0, routing)])
+    assert set(values) == {"moe/router_z_loss"}
+    torch.testing.assert_close(total, 0.5 * values["moe/router_z_loss"])
