@@ -57,14 +57,57 @@ class Dispatcher:
             kept_E = tokens_per_expert_E.clamp(max=capacity)
             dropped = 1.0 - kept_E.sum().float() / max(experts_N.numel(), 1)
             tokens_per_expert_E = kept_E
-        x_ND = x_TD[order_N // top_k]  # (N_kept, D): copy n of token t sits at flat index t·K + k
-        y_ND = self.run_experts(x_ND, tokens_per_expert_E, experts)
-        # Unsort into (T·K, D) slots; dropped copies stay zero. index_put with unique indices is a
-        # plain scatter, and its backward a gather.
-        y_NkD = y_ND.new_zeros(num_tokens * top_k, y_ND.shape[-1]).index_put((order_N,), y_ND)
+        if self.capacity_factor is None:
+            # Dropless: every slot is filled, so the unsort is a permutation and both directions
+            # are gathers (index_select), which parallelise, unlike the scatter-add autograd
+            # would otherwise use for the backward of x_TD[order_N // K].
+            inverse_N = torch.empty_like(order_N)
+            inverse_N[order_N] = torch.arange(order_N.numel(), device=order_N.device)
+            x_ND = _GatherTokens.apply(x_TD, order_N, inverse_N, top_k)
+            y_ND = self.run_experts(x_ND, tokens_per_expert_E, experts)
+            y_NkD = _Permute.apply(y_ND, inverse_N, order_N)
+        else:
+            x_ND = x_TD[order_N // top_k]  # (N_kept, D): copy k of token t sits at flat index t·K + k
+            y_ND = self.run_experts(x_ND, tokens_per_expert_E, experts)
+            # Unsort into (T·K, D) slots; dropped copies stay zero.
+            y_NkD = y_ND.new_zeros(num_tokens * top_k, y_ND.shape[-1]).index_put((order_N,), y_ND)
         weights_TK1 = routing.weights_TK.to(y_ND.dtype).unsqueeze(-1)
         y_TD = (y_NkD.view(num_tokens, top_k, -1) * weights_TK1).sum(dim=1)
         return y_TD, dropped
+
+
+class _Permute(torch.autograd.Function):
+    """``x[index]`` for a permutation ``index``; the backward is the inverse permutation, a gather too."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(inverse)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (inverse,) = ctx.saved_tensors
+        return grad.index_select(0, inverse), None, None
+
+
+class _GatherTokens(torch.autograd.Function):
+    """Rows (N, D) = ``x_TD[order_N // K]``: each token K times, sorted by expert.
+
+    Backward: unsort the row gradients to (T, K, D) slots with a gather and sum over K, instead of
+    autograd's scatter-add into (T, D).
+    """
+
+    @staticmethod
+    def forward(ctx, x_TD: torch.Tensor, order_N: torch.Tensor, inverse_N: torch.Tensor, top_k: int) -> torch.Tensor:
+        ctx.save_for_backward(inverse_N)
+        ctx.top_k = top_k
+        return x_TD.index_select(0, order_N // top_k)
+
+    @staticmethod
+    def backward(ctx, grad_ND: torch.Tensor):
+        (inverse_N,) = ctx.saved_tensors
+        grad_TKD = grad_ND.index_select(0, inverse_N).view(-1, ctx.top_k, grad_ND.shape[-1])
+        return grad_TKD.sum(dim=1), None, None, None
 
 
 class LoopDispatch(Dispatcher):

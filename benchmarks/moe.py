@@ -1,0 +1,122 @@
+"""fwd+bwd time of the MoE layer against a dense SwiGLU of equal active FLOPs and Hugging Face's Mixtral block.
+
+    python benchmarks/moe.py [--quick] [--threads N]
+
+Two shapes, fp32 on CPU, T = 4096 tokens, d_model = 512:
+  coarse: E = 8,  K = 2, expert hidden 1024 (Mixtral-like)
+  fine:   E = 64, K = 8, expert hidden 128  (OLMoE-like)
+
+"dense" is :class:`constellation_kit.model.SwiGLU` (fused gate+up) with hidden = K × expert hidden,
+so it does the same multiply-adds per token as the routed experts: the physical ideal ratio is 1.0.
+"transformers" is ``MixtralSparseMoeBlock`` (pip install -e ".[bench]") with the same router and
+expert weights copied in, its default experts implementation; the script checks that it computes
+the same outputs before timing it. Times are medians over repeats of forward + backward with a
+fixed random output gradient. Prints a table, then one JSON line (time ratios, lower is better).
+"""
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from constellation_kit.model import GroupedMMDispatch, LoopDispatch, MoEFeedForward, SwiGLU, TopKRouter
+
+SHAPES = {
+    "coarse": dict(num_experts=8, top_k=2, hidden=1024),
+    "fine": dict(num_experts=64, top_k=8, hidden=128),
+}
+TOKENS, D_MODEL = 4096, 512
+
+
+def moe_layer(num_experts: int, top_k: int, hidden: int, dispatch) -> MoEFeedForward:
+    torch.manual_seed(0)
+    return MoEFeedForward(
+        D_MODEL, num_experts=num_experts, expert_hidden_dim=hidden,
+        router=lambda d, e: TopKRouter(d, e, top_k=top_k), dispatch=dispatch,
+    )
+
+
+def mixtral_block(layer: MoEFeedForward, num_experts: int, top_k: int, hidden: int):
+    """transformers' MixtralSparseMoeBlock holding ``layer``'s weights (HF stores them out × in)."""
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    config = MixtralConfig(hidden_size=D_MODEL, intermediate_size=hidden, num_local_experts=num_experts,
+                           num_experts_per_tok=top_k, router_jitter_noise=0.0)
+    block = MixtralSparseMoeBlock(config)
+    with torch.no_grad():
+        block.gate.weight.copy_(layer.router.weight)
+        block.experts.gate_up_proj.copy_(layer.experts.gate_up_proj.transpose(1, 2))  # (E, 2H, D)
+        block.experts.down_proj.copy_(layer.experts.down_proj.transpose(1, 2))  # (E, D, H)
+    return block, getattr(config, "_experts_implementation", None)
+
+
+def time_fwd_bwd(fn, x: torch.Tensor, grad: torch.Tensor, repeats: int, warmup: int) -> float:
+    times = []
+    for i in range(warmup + repeats):
+        x.grad = None
+        start = time.perf_counter()
+        y = fn(x)
+        y = y[0] if isinstance(y, tuple) else y
+        y.backward(grad)
+        if i >= warmup:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help="fewer repeats (finishes in well under 90 s)")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--no-loop", action="store_true", help="skip the (slow) per-expert-loop reference row")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    repeats, warmup = (3, 1) if args.quick else (10, 2)
+    try:
+        import transformers
+    except ImportError:
+        transformers = None
+        print("transformers not installed (pip install -e '.[bench]'): its rows are skipped", file=sys.stderr)
+
+    results = {}
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU, T={TOKENS}, d_model={D_MODEL}, "
+          f"repeats={repeats}" + (f", transformers {transformers.__version__}" if transformers else ""))
+    print(f"{'shape':8} {'implementation':34} {'fwd+bwd ms':>11} {'/ dense':>8}")
+    for shape, cfg in SHAPES.items():
+        E, K, H = cfg["num_experts"], cfg["top_k"], cfg["hidden"]
+        torch.manual_seed(1)
+        x = torch.randn(1, TOKENS, D_MODEL, requires_grad=True)
+        grad = torch.randn(1, TOKENS, D_MODEL)
+        torch.manual_seed(0)
+        dense = SwiGLU(D_MODEL, hidden_dim=K * H)
+        rows = {"dense SwiGLU (hidden K*H)": time_fwd_bwd(dense, x, grad, repeats, warmup)}
+        ours = moe_layer(E, K, H, GroupedMMDispatch())
+        rows["constellation MoE (grouped_mm)"] = time_fwd_bwd(ours, x, grad, repeats, warmup)
+        if not args.no_loop:
+            loop = moe_layer(E, K, H, LoopDispatch())
+            rows["constellation MoE (loop reference)"] = time_fwd_bwd(loop, x, grad, 1 if args.quick else 3, 1)
+        if transformers is not None:
+            block, impl = mixtral_block(ours, E, K, H)
+            with torch.no_grad():
+                ref, got = block(x), ours(x)[0]
+            rel = ((ref - got).norm() / ref.norm()).item()
+            assert rel < 1e-4, f"transformers' block disagrees with ours: rel err {rel:.2e}"
+            rows[f"transformers Mixtral ({impl or 'default'})"] = time_fwd_bwd(block, x, grad, repeats, warmup)
+        base = rows["dense SwiGLU (hidden K*H)"]
+        for name, ms in rows.items():
+            print(f"{shape:8} {name:34} {ms:11.1f} {ms / base:8.2f}")
+        prefix = "" if shape == "coarse" else "fine_"
+        results[f"{prefix}moe_over_dense"] = round(rows["constellation MoE (grouped_mm)"] / base, 3)
+        hf = [ms for name, ms in rows.items() if name.startswith("transformers")]
+        if hf:
+            results[f"{prefix}moe_over_transformers"] = round(rows["constellation MoE (grouped_mm)"] / hf[0], 3)
+        results[f"{prefix}ms"] = {name: round(ms, 1) for name, ms in rows.items()}
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
