@@ -4,9 +4,9 @@ Shape legend: ``T`` tokens, ``D`` width, ``E`` experts, ``K`` experts per token,
 token copies, ``H`` expert hidden width.
 
 Every implementation shares the bookkeeping in :class:`Dispatcher` and differs only in
-:meth:`Dispatcher.run_experts`, which multiplies rows already sorted by expert::
+:meth:`Dispatcher.run_experts`, which runs the experts on rows already sorted by expert::
 
-    x_TD ──gather by sorted expert──► x_ND ──run_experts──► y_ND ──unsort, × weights_TK, sum over K──► y_TD
+    x_TD ──gather, sorted by expert──► x_ND ──run_experts (× combine weight)──► y_ND ──index_add per token──► y_TD
 
 Dropless by default (MegaBlocks, Gale et al. 2022): every token copy is computed. With a
 ``capacity_factor`` each expert keeps at most ``ceil(capacity_factor · N / E)`` copies, in token
@@ -35,8 +35,11 @@ class Dispatcher:
             raise ValueError(f"capacity_factor={capacity_factor} must be positive (or None for dropless)")
         self.capacity_factor = capacity_factor
 
-    def run_experts(self, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, experts: SwiGLUExperts) -> torch.Tensor:
-        """Rows (N, D) sorted by expert, ``tokens_per_expert_E[e]`` of them for expert ``e`` -> (N, D)."""
+    def run_experts(
+        self, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, experts: SwiGLUExperts, weights_N: torch.Tensor
+    ) -> torch.Tensor:
+        """Rows (N, D) sorted by expert, ``tokens_per_expert_E[e]`` of them for expert ``e`` -> (N, D),
+        each row's expert output scaled by its combine weight ``weights_N`` (N,)."""
         raise NotImplementedError
 
     def __call__(self, x_TD: torch.Tensor, routing: RouterOutput, experts: SwiGLUExperts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -52,62 +55,20 @@ class Dispatcher:
             capacity = math.ceil(self.capacity_factor * num_tokens * top_k / num_experts)
             starts_E = torch.cumsum(tokens_per_expert_E, 0) - tokens_per_expert_E
             position_N = torch.arange(order_N.numel(), device=x_TD.device) - starts_E[experts_N[order_N]]
-            keep_N = position_N < capacity
-            order_N = order_N[keep_N]
+            order_N = order_N[position_N < capacity]  # dropped copies simply never run
             kept_E = tokens_per_expert_E.clamp(max=capacity)
             dropped = 1.0 - kept_E.sum().float() / max(experts_N.numel(), 1)
             tokens_per_expert_E = kept_E
-        if self.capacity_factor is None:
-            # Dropless: every slot is filled, so the unsort is a permutation and both directions
-            # are gathers (index_select), which parallelise, unlike the scatter-add autograd
-            # would otherwise use for the backward of x_TD[order_N // K].
-            inverse_N = torch.empty_like(order_N)
-            inverse_N[order_N] = torch.arange(order_N.numel(), device=order_N.device)
-            x_ND = _GatherTokens.apply(x_TD, order_N, inverse_N, top_k)
-            y_ND = self.run_experts(x_ND, tokens_per_expert_E, experts)
-            y_NkD = _Permute.apply(y_ND, inverse_N, order_N)
-        else:
-            x_ND = x_TD[order_N // top_k]  # (N_kept, D): copy k of token t sits at flat index t·K + k
-            y_ND = self.run_experts(x_ND, tokens_per_expert_E, experts)
-            # Unsort into (T·K, D) slots; dropped copies stay zero.
-            y_NkD = y_ND.new_zeros(num_tokens * top_k, y_ND.shape[-1]).index_put((order_N,), y_ND)
-        weights_TK1 = routing.weights_TK.to(y_ND.dtype).unsqueeze(-1)
-        y_TD = (y_NkD.view(num_tokens, top_k, -1) * weights_TK1).sum(dim=1)
+        token_N = order_N // top_k  # copy k of token t sits at flat index t·K + k
+        weights_N = routing.weights_TK.flatten()[order_N]
+        # index_select, not x_TD[token_N]: its backward is an index_add into (T, D), where advanced
+        # indexing's is an accumulating index_put, several times slower on CPU.
+        x_ND = x_TD.index_select(0, token_N)
+        y_ND = self.run_experts(x_ND, tokens_per_expert_E, experts, weights_N)
+        # Sum each token's K weighted copies straight from sorted order: no unsort, no (T, K, D) buffer
+        # (fresh (T·K, D) buffers cost page faults on every call on CPU).
+        y_TD = y_ND.new_zeros(num_tokens, y_ND.shape[-1]).index_add(0, token_N, y_ND)
         return y_TD, dropped
-
-
-class _Permute(torch.autograd.Function):
-    """``x[index]`` for a permutation ``index``; the backward is the inverse permutation, a gather too."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(inverse)
-        return x.index_select(0, index)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor):
-        (inverse,) = ctx.saved_tensors
-        return grad.index_select(0, inverse), None, None
-
-
-class _GatherTokens(torch.autograd.Function):
-    """Rows (N, D) = ``x_TD[order_N // K]``: each token K times, sorted by expert.
-
-    Backward: unsort the row gradients to (T, K, D) slots with a gather and sum over K, instead of
-    autograd's scatter-add into (T, D).
-    """
-
-    @staticmethod
-    def forward(ctx, x_TD: torch.Tensor, order_N: torch.Tensor, inverse_N: torch.Tensor, top_k: int) -> torch.Tensor:
-        ctx.save_for_backward(inverse_N)
-        ctx.top_k = top_k
-        return x_TD.index_select(0, order_N // top_k)
-
-    @staticmethod
-    def backward(ctx, grad_ND: torch.Tensor):
-        (inverse_N,) = ctx.saved_tensors
-        grad_TKD = grad_ND.index_select(0, inverse_N).view(-1, ctx.top_k, grad_ND.shape[-1])
-        return grad_TKD.sum(dim=1), None, None, None
 
 
 class LoopDispatch(Dispatcher):
@@ -117,12 +78,15 @@ class LoopDispatch(Dispatcher):
     obviously correct; the tests hold every other implementation to it.
     """
 
-    def run_experts(self, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, experts: SwiGLUExperts) -> torch.Tensor:
+    def run_experts(
+        self, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, experts: SwiGLUExperts, weights_N: torch.Tensor
+    ) -> torch.Tensor:
+        counts = tokens_per_expert_E.tolist()
         outputs = []
-        for expert, rows in enumerate(torch.split(x_ND, tokens_per_expert_E.tolist())):
+        for expert, (rows, weights) in enumerate(zip(torch.split(x_ND, counts), torch.split(weights_N, counts))):
             if rows.shape[0]:
-                outputs.append(experts.expert_forward(rows, expert))
-        return torch.cat(outputs) if outputs else x_ND.new_zeros(0, x_ND.shape[-1]) + 0 * x_ND.sum()
+                outputs.append(experts.expert_forward(rows, expert) * weights.to(rows.dtype).unsqueeze(-1))
+        return torch.cat(outputs) if outputs else x_ND.new_zeros(0, x_ND.shape[-1])
 
 
 class _GroupedMM(torch.autograd.Function):
@@ -179,7 +143,9 @@ class GroupedMMDispatch(Dispatcher):
     back to the per-expert loop, so a recipe never fails for want of a kernel.
     """
 
-    def run_experts(self, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, experts: SwiGLUExperts) -> torch.Tensor:
+    def run_experts(
+        self, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, experts: SwiGLUExperts, weights_N: torch.Tensor
+    ) -> torch.Tensor:
         device_type = x_ND.device.type
         if device_type == "cuda" and torch.is_autocast_enabled(device_type):
             # Autocast does not reach a private op: cast by hand, as it would for a matmul.
@@ -187,14 +153,16 @@ class GroupedMMDispatch(Dispatcher):
         w_gate_up = experts.gate_up_proj.to(x_ND.dtype)  # (E, D, 2H); a no-op outside autocast
         w_down = experts.down_proj.to(x_ND.dtype)  # (E, H, D)
         if not grouped_mm_supported(x_ND, experts):
-            return LoopDispatch.run_experts(self, x_ND, tokens_per_expert_E, experts)
+            return LoopDispatch.run_experts(self, x_ND, tokens_per_expert_E, experts, weights_N)
         offsets_E = torch.cumsum(tokens_per_expert_E, 0).to(torch.int32)  # end row of each group
         if x_ND.device.type == "cuda":
             gate_up_N2H = torch._grouped_mm(x_ND, w_gate_up, offsets_E)
         else:
             gate_up_N2H = _GroupedMM.apply(x_ND, w_gate_up, offsets_E)
         gate_NH, up_NH = gate_up_N2H.chunk(2, dim=-1)
-        hidden_NH = F.silu(gate_NH) * up_NH
+        # The combine weight scales the hidden row rather than the output row: the same product (the
+        # down projection is linear) on a narrower tensor whenever H < D (fine-grained experts).
+        hidden_NH = F.silu(gate_NH) * up_NH * weights_N.to(gate_NH.dtype).unsqueeze(-1)
         if x_ND.device.type == "cuda":
             return torch._grouped_mm(hidden_NH, w_down, offsets_E)
         return _GroupedMM.apply(hidden_NH, w_down, offsets_E)

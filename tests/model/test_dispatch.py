@@ -37,7 +37,8 @@ def make_layer(num_experts: int, top_k: int, dispatch, d_model: int = 8, hidden:
         d_model,
         num_experts=num_experts,
         expert_hidden_dim=hidden,
-        router=lambda d, e: TopKRouter(d, e, top_k=top_k, init_std=0.5),
+        # K = 1 with renormalisation makes every weight 1.0 and the router gradient pure round-off.
+        router=lambda d, e: TopKRouter(d, e, top_k=top_k, renormalize=top_k > 1, init_std=0.5),
         dispatch=dispatch,
         init_std=0.3,
     )
