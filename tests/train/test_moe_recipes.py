@@ -32,7 +32,7 @@ def test_variant_trains_two_steps(variant: Path, in_tmp_dir: Path) -> None:
         assert not any(name.startswith("moe/") for name in metrics)
         return
     assert {"moe/maxvio", "moe/cv", "moe/dead", "moe/router_entropy", "moe/dropped_fraction",
-            "moe/layer0/maxvio", "moe/router_z_loss"} <= set(metrics)
+            "moe/layer1/maxvio", "moe/router_z_loss"} <= set(metrics)
     assert ("moe/switch_balance" in metrics) == (variant.stem not in ("moe-auxfree",))
     assert ("moe/router_l2" in metrics) == (variant.stem != "router-l2-off")
     biases = [b for name, b in cli.model.network.named_buffers() if name.endswith("expert_bias")]
