@@ -5,17 +5,28 @@ Each piece is a small module with a typed constructor, so a recipe can name any 
 """
 
 from constellation_kit.model.attention import GroupedQueryAttention
+from constellation_kit.model.audio_encoder import AudioEncoder
 from constellation_kit.model.feedforward import SwiGLU
 from constellation_kit.model.layout import SequenceLayout
+from constellation_kit.model.log_mel import LogMelSpectrogram
+from constellation_kit.model.placeholders import write_at_placeholders
+from constellation_kit.model.projector import LinearProjector, MLPProjector
 from constellation_kit.model.rope import RotaryEmbedding
 from constellation_kit.model.transformer import Block, Transformer, TransformerOutput
+from constellation_kit.model.vision_encoder import TimmVisionEncoder
 
 __all__ = [
+    "AudioEncoder",
     "Block",
     "GroupedQueryAttention",
+    "LinearProjector",
+    "LogMelSpectrogram",
+    "MLPProjector",
     "RotaryEmbedding",
     "SequenceLayout",
     "SwiGLU",
+    "TimmVisionEncoder",
     "Transformer",
     "TransformerOutput",
+    "write_at_placeholders",
 ]

@@ -69,13 +69,22 @@ class LanguageModel(L.LightningModule):
         if self.network is None:
             self.network = self.network_factory(self.vocab_size)
 
-    def forward(self, tokens: torch.Tensor, document_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Token ids (B, T) -> logits (B, T, vocab)."""
+    def forward(
+        self, tokens: torch.Tensor, document_ids: torch.Tensor | None = None, embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, vocab); ``embeddings`` (B, T, d_model) replace the token embeddings."""
         layout = None if document_ids is None else SequenceLayout.from_document_ids(document_ids)
-        return self.network.logits(self.network(tokens, layout).hidden)
+        return self.network.logits(self.network(tokens, layout, embeddings=embeddings).hidden)
+
+    def input_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The (B, T, d_model) input embeddings of ``batch``; ``None`` means the plain token embeddings.
+
+        The hook a multimodal subclass overrides to write encoder outputs over placeholder tokens.
+        """
+        return None
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self(batch["tokens"], batch["document_ids"])  # (B, T, V)
+        logits = self(batch["tokens"], batch["document_ids"], self.input_embeddings(batch))  # (B, T, V)
         # fp32 log-softmax whatever the autocast: bf16 loses the small probabilities.
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE_INDEX)
 
@@ -96,7 +105,7 @@ class LanguageModel(L.LightningModule):
         return self(batch["tokens"], batch["document_ids"]).argmax(dim=-1)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(weight_decay_groups(self.network))
+        optimizer = self.optimizer_factory(weight_decay_groups(self))  # self: network and any encoders
         if self.scheduler_factory is None:
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches
