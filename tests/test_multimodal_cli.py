@@ -1,7 +1,12 @@
 """The multimodal tiny recipe and its text-only ablation, driven through the console script."""
 
-import mlflow
+import json
 from pathlib import Path
+
+import mlflow
+import numpy as np
+import soundfile
+from PIL import Image
 
 from constellation_kit.cli import ConstellationCLI
 from conftest import REPO, SMALL_DATA, TINY
@@ -30,13 +35,7 @@ def test_text_only_variant_trains_without_encoders(in_tmp_dir: Path) -> None:
 
 
 def test_a_users_manifest_trains_with_one_line_changed(in_tmp_dir: Path) -> None:
-    """Real-looking files (JPEGs of several sizes, 44.1 kHz stereo WAV, FLAC), a broken one, text lines."""
-    import json
-
-    import numpy as np
-    import soundfile
-    from PIL import Image
-
+    """Real-looking files (JPEGs of several sizes, 44.1 kHz stereo WAV, FLAC), a missing one, text lines."""
     data = in_tmp_dir / "mydata"
     (data / "photos").mkdir(parents=True)
     (data / "clips").mkdir()
