@@ -5,7 +5,8 @@
 Runs the console script in a fresh working directory (so MLflow starts empty), then prints the
 wall time, the val/loss curve and, as the last line, one JSON object with
 ``wall_s``, ``val_loss_first``, ``val_loss_last``, ``val_loss_ratio`` (last / first) and
-``val_loss_ratio_from_first_interval`` (last / the first value after training began).
+``val_loss_ratio_from_first_interval`` (last / the first value after training began), and the
+first and last value of every ``val/*_acc`` metric the run logged.
 """
 
 import argparse
@@ -41,12 +42,20 @@ def main() -> None:
         print(f"  {step:6d}  {value:.4f}")
     first, last = curve[0][1], curve[-1][1]
     after_start = curve[1][1] if len(curve) > 1 else first
+    # Accuracy metrics (e.g. the grounding check's val/image_caption_acc): first and final value.
+    accuracies = {}
+    for key in sorted(k for k in run.data.metrics if k.startswith("val/") and k.endswith("_acc")):
+        history = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, key))
+        print(f"{key} by step: " + ", ".join(f"{step}: {value:.3f}" for step, value in history))
+        name = key.removeprefix("val/")
+        accuracies[f"{name}_first"], accuracies[f"{name}_last"] = round(history[0][1], 4), round(history[-1][1], 4)
     print(json.dumps({
         "wall_s": round(wall, 1),
         "val_loss_first": round(first, 4),
         "val_loss_last": round(last, 4),
         "val_loss_ratio": round(last / first, 4),
         "val_loss_ratio_from_first_interval": round(last / after_start, 4),
+        **accuracies,
     }))
 
 

@@ -1,7 +1,13 @@
 """Training: the LightningModule, optimizer parameter groups and the LR schedule."""
 
+from constellation_kit.train.alignment import InfoNCEAlignment
 from constellation_kit.train.module import LanguageModel
+from constellation_kit.train.multimodal_module import MultimodalLanguageModel
 from constellation_kit.train.param_groups import weight_decay_groups
 from constellation_kit.train.schedule import WarmupCosineSchedule, warmup_cosine_factor
 
-__all__ = ["LanguageModel", "WarmupCosineSchedule", "warmup_cosine_factor", "weight_decay_groups"]
+__all__ = [
+    "InfoNCEAlignment",
+    "LanguageModel",
+    "MultimodalLanguageModel",
+    "WarmupCosineSchedule", "warmup_cosine_factor", "weight_decay_groups"]

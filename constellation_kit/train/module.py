@@ -78,15 +78,24 @@ class LanguageModel(L.LightningModule):
         if self.network is None:
             self.network = self.network_factory(self.vocab_size)
 
-    def forward(self, tokens: torch.Tensor, document_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """Token ids (B, T) -> logits (B, T, vocab)."""
+    def forward(
+        self, tokens: torch.Tensor, document_ids: torch.Tensor | None = None, embeddings: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Token ids (B, T) -> logits (B, T, vocab); ``embeddings`` (B, T, d_model) replace the token embeddings."""
         layout = None if document_ids is None else SequenceLayout.from_document_ids(document_ids)
-        return self.network.logits(self.network(tokens, layout).hidden)
+        return self.network.logits(self.network(tokens, layout, embeddings=embeddings).hidden)
+
+    def input_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """The (B, T, d_model) input embeddings of ``batch``; ``None`` means the plain token embeddings.
+
+        The hook a multimodal subclass overrides to write encoder outputs over placeholder tokens.
+        """
+        return None
 
     def _network_output(self, batch: dict[str, torch.Tensor]) -> TransformerOutput:
-        """The network's hidden states and aux for a batch (the hook a subclass overrides to add inputs)."""
+        """The network's hidden states and aux for a batch, with :meth:`input_embeddings` as its input."""
         layout = SequenceLayout.from_document_ids(batch["document_ids"])
-        return self.network(batch["tokens"], layout)
+        return self.network(batch["tokens"], layout, embeddings=self.input_embeddings(batch))
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, RouterOutput]]]:
         """The language-model loss and each MoE layer's ``(layer_index, RouterOutput)``."""
@@ -122,7 +131,8 @@ class LanguageModel(L.LightningModule):
         return self(batch["tokens"], batch["document_ids"]).argmax(dim=-1)
 
     def configure_optimizers(self):
-        optimizer = self.optimizer_factory(weight_decay_groups(self.network))
+        # The whole module, not just the network: a subclass's encoders and projectors train too.
+        optimizer = self.optimizer_factory(weight_decay_groups(self))
         if self.scheduler_factory is None:
             return optimizer
         total_steps = self.trainer.estimated_stepping_batches

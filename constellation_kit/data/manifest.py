@@ -1,0 +1,53 @@
+"""JSONL manifests: one training example per line, text alone or paired with an image or audio file."""
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from constellation_kit.errors import ConfigError
+
+MODALITIES = ("image", "audio")
+
+
+@dataclass(frozen=True)
+class ManifestItem:
+    """One manifest line: ``modality`` is ``"text"``, ``"image"`` or ``"audio"``; ``path`` is absolute (or ``None``)."""
+
+    modality: str
+    text: str
+    path: str | None = None
+
+    @property
+    def id(self) -> str:
+        """Stable id for splitting: the media path, or the text itself for text-only lines."""
+        return self.path if self.path is not None else self.text
+
+
+def read_manifest(path: str | Path) -> list[ManifestItem]:
+    """Parse a JSONL manifest; media paths are resolved relative to the manifest's folder.
+
+    Lines: ``{"text": ...}``, ``{"image": path, "text": ...}``, ``{"audio": path, "text": ...}``.
+    Blank lines are skipped. A malformed line is a :class:`ConfigError` naming file and line: a
+    broken manifest is a recipe mistake, unlike a broken media file, which is data to skip.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"manifest {str(path)!r} does not exist: point data.init_args.manifest at a JSONL file")
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ConfigError(f"{path}:{number}: not JSON ({error.msg})") from None
+        if not isinstance(record, dict) or not isinstance(record.get("text"), str):
+            raise ConfigError(f"{path}:{number}: every line needs a \"text\" string")
+        media = [m for m in MODALITIES if m in record]
+        if len(media) > 1:
+            raise ConfigError(f"{path}:{number}: one line pairs text with one image or one audio file, not both")
+        if media:
+            items.append(ManifestItem(media[0], record["text"], str((path.parent / record[media[0]]).resolve())))
+        else:
+            items.append(ManifestItem("text", record["text"]))
+    return items

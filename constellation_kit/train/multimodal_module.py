@@ -1,0 +1,189 @@
+"""The multimodal LightningModule: encoders and projectors in front of the language model.
+
+::
+
+    image (M, 3, H, W) ──► vision encoder ──► (M, N, E) ──► projector ──► (M, N, D) ─┐
+    audio (M, samples) ──► audio encoder  ──► (M, N, E) ──► projector ──► (M, N, D) ─┤ written over the
+    tokens (B, T) ───────► token embedding ──► (B, T, D) ──────────────────────────────┴► placeholders ──► LM
+
+Everything after the input embeddings (the blocks, the LM loss, whatever extra losses the base
+module adds) is :class:`~constellation_kit.train.LanguageModel`'s: this class only overrides how
+the input embeddings are built (:meth:`input_embeddings`), adds the optional alignment loss, and
+reports the grounding check at the end of each validation.
+"""
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.optim import Optimizer
+
+from constellation_kit.data.packing import IGNORE_INDEX
+from constellation_kit.model.balance import BalanceLoss
+from constellation_kit.model.placeholders import write_at_placeholders
+from constellation_kit.model.projector import MLPProjector
+from constellation_kit.train.module import LanguageModel, NetworkFactory, SchedulerFactory
+
+EncoderFactory = Callable[[], nn.Module]
+"""Builds an encoder; the module it returns has an ``out_dim`` attribute (its token width)."""
+ProjectorFactory = Callable[[int, int], nn.Module]
+"""Builds a projector from ``(encoder.out_dim, d_model)``."""
+
+
+class MultimodalLanguageModel(LanguageModel):
+    """Next-token prediction over text and captioned media, media embedded by encoders.
+
+    Batches are those of :class:`~constellation_kit.data.MultimodalDataModule`: besides
+    ``tokens``/``targets``/``document_ids`` (B, T), ``image`` (M, 3, H, W) and ``audio`` (M, samples)
+    with boolean ``image_mask``/``audio_mask`` (B, T) marking their placeholder tokens. Each present
+    encoder embeds its items, its projector maps them to ``d_model``, and the results replace the
+    placeholders' token embeddings. An encoder set to ``null`` leaves its placeholders as plain
+    tokens (the text-only ablation).
+
+    Logged besides the base metrics: ``train/alignment_loss`` (when enabled) and, after every
+    validation, ``val/image_caption_acc`` and ``val/audio_caption_acc``: the fraction of held-out
+    items whose own caption the model finds most likely among the data's ``caption_choices``
+    candidates (chance is ``1 / caption_choices``).
+
+    Args:
+        network, vocab_size, optimizer, scheduler, balance: as in :class:`LanguageModel`.
+        vision_encoder: factory for the image encoder (``None``: images are not seen).
+        audio_encoder: factory for the audio encoder (``None``: audio is not heard).
+        vision_projector: factory called with ``(vision_encoder.out_dim, d_model)``.
+        audio_projector: factory called with ``(audio_encoder.out_dim, d_model)``.
+        freeze_vision_encoder: keep the vision encoder's weights fixed (and in eval mode), e.g. a
+            pretrained backbone loaded from ``weights_path``; the projector still trains.
+        freeze_audio_encoder: the same for the audio encoder.
+        alignment_loss: an extra loss on (media, text) embedding pairs, e.g.
+            :class:`~constellation_kit.train.InfoNCEAlignment`; ``None`` disables it.
+        alignment_weight: its coefficient in the training loss.
+    """
+
+    def __init__(
+        self,
+        network: NetworkFactory,
+        vocab_size: int,
+        optimizer: Callable[[Iterable], Optimizer] = torch.optim.AdamW,
+        scheduler: SchedulerFactory | None = None,
+        balance: list[BalanceLoss] | None = None,
+        vision_encoder: EncoderFactory | None = None,
+        audio_encoder: EncoderFactory | None = None,
+        vision_projector: ProjectorFactory = MLPProjector,
+        audio_projector: ProjectorFactory = MLPProjector,
+        freeze_vision_encoder: bool = False,
+        freeze_audio_encoder: bool = False,
+        alignment_loss: nn.Module | None = None,
+        alignment_weight: float = 0.1,
+    ) -> None:
+        super().__init__(network, vocab_size, optimizer, scheduler, balance)
+        self.encoder_factories = {"image": vision_encoder, "audio": audio_encoder}
+        self.projector_factories = {"image": vision_projector, "audio": audio_projector}
+        self.frozen = {"image": freeze_vision_encoder, "audio": freeze_audio_encoder}
+        self.alignment_loss = alignment_loss
+        self.alignment_weight = alignment_weight
+        factories = ["network", "optimizer", "scheduler", "balance", "vision_encoder", "audio_encoder", "vision_projector",
+                     "audio_projector", "alignment_loss"]
+        self.save_hyperparameters(ignore=factories, logger=False)
+        self.encoders: nn.ModuleDict | None = None
+        self.projectors: nn.ModuleDict | None = None
+        self._alignment_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    # -- building ----------------------------------------------------------------------------
+
+    def _build_media(self, d_model: int) -> tuple[nn.ModuleDict, nn.ModuleDict]:
+        encoders, projectors = nn.ModuleDict(), nn.ModuleDict()
+        for modality, factory in self.encoder_factories.items():
+            if factory is None:
+                continue
+            encoder = factory()
+            encoders[modality] = encoder
+            projectors[modality] = self.projector_factories[modality](encoder.out_dim, d_model)
+            if self.frozen[modality]:
+                encoder.requires_grad_(False)
+        return encoders, projectors
+
+    def check_config(self) -> None:
+        """Build network, encoders and projectors once on the meta device (raises their ConfigErrors)."""
+        with torch.device("meta"):
+            network = self.network_factory(self.vocab_size)
+            self._build_media(network.d_model)
+
+    def configure_model(self) -> None:
+        super().configure_model()
+        if self.encoders is None:
+            self.encoders, self.projectors = self._build_media(self.network.d_model)
+
+    def train(self, mode: bool = True) -> "MultimodalLanguageModel":
+        super().train(mode)
+        for modality, encoder in (self.encoders or {}).items():
+            if self.frozen[modality]:
+                encoder.eval()  # a frozen backbone keeps its BatchNorm statistics and skips dropout
+        return self
+
+    # -- the forward pass --------------------------------------------------------------------
+
+    def input_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Token embeddings (B, T, d_model) with each encoder's projected tokens over its placeholders."""
+        embeddings = self.network.embed(batch["tokens"])  # (B, T, D)
+        self._alignment_pairs = []
+        for modality, encoder in self.encoders.items():
+            media, mask = batch.get(modality), batch.get(f"{modality}_mask")
+            if media is None or mask is None or (media.shape[0] == 0 and not mask.any()):
+                continue
+            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen[modality]):
+                encoded = encoder(media)  # (M, N, E)
+            projected = self.projectors[modality](encoded)  # (M, N, D)
+            repeat = int(batch.get("num_choices", 1))  # grounding batches score one item against K captions
+            if repeat > 1:
+                projected = projected.repeat_interleave(repeat, dim=0)
+            elif self.alignment_loss is not None and media.shape[0] > 0:
+                text = _caption_means(embeddings, batch[f"{modality}_caption"], media.shape[0])  # (M, D)
+                self._alignment_pairs.append((projected.mean(dim=1), text))
+            embeddings = write_at_placeholders(embeddings, mask, projected, modality)
+        return embeddings
+
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list]:
+        loss, routing = super()._loss(batch)
+        if self.alignment_loss is not None and self._alignment_pairs:
+            alignment = torch.stack([self.alignment_loss(m, t) for m, t in self._alignment_pairs]).mean()
+            self.log(f"{'train' if self.training else 'val'}/alignment_loss", alignment)
+            loss = loss + self.alignment_weight * alignment
+        self._alignment_pairs = []
+        return loss, routing
+
+    # -- the grounding check -----------------------------------------------------------------
+
+    @torch.no_grad()
+    def caption_choices_correct(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """For a grounding batch of N items x K candidate rows: (N,) bool, whether the item's own
+        caption has the highest summed log-likelihood given the item."""
+        logits = self(batch["tokens"], batch["document_ids"], self.input_embeddings(batch))  # (N*K, T, V)
+        targets = batch["targets"]
+        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
+        log_likelihood = -nll.view(targets.shape).sum(dim=1).view(-1, int(batch["num_choices"]))  # (N, K)
+        return log_likelihood.argmax(dim=1) == batch["answer"]
+
+    def on_validation_epoch_end(self) -> None:
+        super().on_validation_epoch_end()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        if not hasattr(datamodule, "grounding_dataloader") or self.trainer.sanity_checking:
+            return
+        for modality in ("image", "audio"):
+            loader = datamodule.grounding_dataloader(modality)
+            if loader is None:
+                continue
+            correct = []
+            for batch in loader:
+                batch = {k: v.to(self.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+                correct.append(self.caption_choices_correct(batch))
+            self.log(f"val/{modality}_caption_acc", torch.cat(correct).float().mean(), prog_bar=True)
+
+
+def _caption_means(embeddings: torch.Tensor, caption_index: torch.Tensor, num_items: int) -> torch.Tensor:
+    """Mean token embedding (M, D) of each item's caption; ``caption_index`` (B, T) names the item of each token."""
+    selected = caption_index >= 0
+    index = caption_index[selected]  # (K,)
+    sums = embeddings.new_zeros(num_items, embeddings.shape[-1]).index_add_(0, index, embeddings[selected])
+    counts = torch.bincount(index, minlength=num_items).clamp(min=1).unsqueeze(1)
+    return sums / counts

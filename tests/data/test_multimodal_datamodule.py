@@ -1,0 +1,133 @@
+"""The multimodal DataModule: bad files skipped and counted, batches laid out as the model expects."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+import torch
+from PIL import Image
+
+from constellation_kit.data import ByteLevelBPE, MultimodalDataModule
+from constellation_kit.data.multimodal_datamodule import AUDIO_TOKEN, IMAGE_TOKEN
+from constellation_kit.data.packing import IGNORE_INDEX
+from constellation_kit.data.sampler import ResumableSampler
+from constellation_kit.data.tokenizer import END_OF_TEXT
+
+TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}
+
+
+def datamodule(**overrides) -> MultimodalDataModule:
+    args = dict(
+        source=None,
+        tokenizer=ByteLevelBPE(300, special_tokens=[END_OF_TEXT, IMAGE_TOKEN, AUDIO_TOKEN]),
+        image_backbone_kwargs=TINY_VIT, image_size=32, image_tokens=4, audio_tokens=3, audio_seconds=0.1,
+        seq_len=32, global_batch_size=4, val_fraction=0.3, seed=3,
+    )
+    return MultimodalDataModule(**{**args, **overrides})
+
+
+@pytest.fixture
+def user_manifest(tmp_path: Path) -> Path:
+    """Good pictures and clips, plus a corrupt JPEG, a truncated WAV and a missing path."""
+    lines = []
+    for i in range(16):
+        Image.new("RGB", (20, 20), (i * 20, 0, 0)).save(tmp_path / f"img{i}.jpg")
+        lines.append({"image": f"img{i}.jpg", "text": f"red level {i}"})
+        soundfile.write(tmp_path / f"clip{i}.wav", np.full(800 + 100 * i, 0.1, dtype=np.float32), 16_000)
+        lines.append({"audio": f"clip{i}.wav", "text": f"sound {i}"})
+        lines.append({"text": f"just some text number {i} " * 4})
+    jpeg = (tmp_path / "img0.jpg").read_bytes()
+    (tmp_path / "broken.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    (tmp_path / "truncated.wav").write_bytes((tmp_path / "clip0.wav").read_bytes()[:30])
+    lines += [
+        {"image": "broken.jpg", "text": "corrupt"},
+        {"audio": "truncated.wav", "text": "truncated"},
+        {"image": "gone.png", "text": "missing"},
+    ]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return manifest
+
+
+def test_bad_files_are_skipped_counted_and_logged(user_manifest: Path, caplog: pytest.LogCaptureFixture) -> None:
+    dm = datamodule(manifest=str(user_manifest))
+    dm.setup("fit")
+    assert dict(dm.skipped) == {"corrupt": 2, "missing": 1}
+    assert "skipped 3 media files" in caplog.text and "gone.png" in caplog.text
+    media = [i for split in (dm.train_dataset, dm.val_dataset) for i in split.bank.items]
+    assert len(media) == 32 and not any(Path(i.path).name in {"broken.jpg", "truncated.wav", "gone.png"} for i in media)
+    # The run goes on: every training batch loads.
+    for batch in dm.train_dataloader():
+        assert batch["tokens"].shape[1] == 32
+
+
+def test_a_file_that_breaks_after_the_scan_becomes_an_untrained_blank(user_manifest: Path) -> None:
+    dm = datamodule(manifest=str(user_manifest))
+    dm.setup("fit")
+    bank = dm.train_dataset.bank
+    victim = next(i for i, item in enumerate(bank.items) if item.modality == "image")
+    Path(bank.items[victim].path).unlink()
+    row = next(r for r, spans in enumerate(dm.train_dataset.rows.spans) if any(s.item == victim for s in spans))
+    example = dm.train_dataset[dm.train_dataset.num_text + row]
+    assert bank.failures["missing"] == 2  # the one found at setup, and this one
+    span = next(s for s in dm.train_dataset.rows.spans[row] if s.item == victim)
+    caption = slice(span.start + span.num_placeholders - 1, span.start + span.num_placeholders + span.caption_len - 1)
+    assert (example["targets"][caption] == IGNORE_INDEX).all()
+
+
+def test_batches_carry_media_in_placeholder_order(user_manifest: Path) -> None:
+    dm = datamodule(manifest=str(user_manifest))
+    dm.setup("fit")
+    ids = dm.placeholder_ids
+    batches = list(dm._loader(dm.train_dataset, ResumableSampler(len(dm.train_dataset), shuffle=False), drop_last=False))
+    assert sum(b["image"].shape[0] for b in batches) == len([i for i in dm.train_dataset.bank.items if i.modality == "image"])
+    for batch in batches:
+        assert batch["image"].shape[1:] == (3, 32, 32) and batch["audio"].shape[1:] == (1600,)
+        assert batch["image_mask"].sum() == 4 * batch["image"].shape[0]
+        assert batch["audio_mask"].sum() == 3 * batch["audio"].shape[0]
+        assert (batch["image_mask"] == (batch["tokens"] == ids["image"])).all()
+        # Placeholders are never targets; captions are, and name their item in order of appearance.
+        assert not (batch["targets"] == ids["image"]).any() and not (batch["targets"] == ids["audio"]).any()
+        captions = batch["image_caption"][batch["image_caption"] >= 0]
+        assert captions.unique_consecutive().tolist() == list(range(batch["image"].shape[0]))
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_item(user_manifest: Path) -> None:
+    dm = datamodule(manifest=str(user_manifest), image_augmentation={"scale": [0.3, 1.0]})
+    dm.setup("fit")
+    bank = dm.train_dataset.bank
+    index = next(i for i, item in enumerate(bank.items) if item.modality == "image")
+    torch.manual_seed(0)
+    first, _ = bank.load(index)
+    torch.manual_seed(1)
+    again, _ = bank.load(index)
+    torch.testing.assert_close(first, again)
+    bank.epoch_source = type("Sampler", (), {"epoch": 1})()
+    assert not torch.equal(bank.load(index)[0], first)
+
+
+def test_grounding_questions_hold_the_true_caption_among_distinct_candidates(user_manifest: Path) -> None:
+    dm = datamodule(manifest=str(user_manifest), caption_choices=2)
+    dm.setup("fit")
+    for modality in ("image", "audio"):
+        dataset = dm.grounding[modality]
+        for choice in dataset.choices:
+            item = dataset.bank.items[choice.item]
+            texts = [dm.tokenizer.decode(c) for c in choice.candidates]
+            assert texts[choice.answer] == item.text and len(set(texts)) == 2
+        batch = next(iter(dm.grounding_dataloader(modality)))
+        n = len(batch["answer"])
+        assert batch["tokens"].shape[0] == 2 * n and batch[modality].shape[0] == n
+        assert batch[f"{modality}_mask"].sum() == 2 * n * dm.num_placeholders[modality]
+
+
+def test_builtin_data_is_written_to_files_and_read_back(tmp_path: Path) -> None:
+    dm = datamodule(builtin_images=30, builtin_audio=30, cache_dir=str(tmp_path), audio_seconds=0.5)
+    dm.setup("fit")
+    items = dm.items
+    assert sum(i.modality == "image" for i in items) == 30 and all(Path(i.path).is_file() for i in items)
+    assert items[0].text.startswith("a ") and not dm.skipped
+    audio = next(i for i in items if i.modality == "audio")
+    assert soundfile.info(audio.path).samplerate == 16_000
