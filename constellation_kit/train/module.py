@@ -27,7 +27,7 @@ class LanguageModel(L.LightningModule):
 
     Takes batches of (B, T) ``tokens``, ``targets`` and ``document_ids`` and minimises the mean
     cross-entropy of the targets (positions marked -100 excluded). Logs ``train/loss``,
-    ``train/lr`` and ``val/loss``.
+    ``train/lr``, ``val/loss`` and ``val/accuracy`` (top-1 over non-ignored targets).
 
     The network is injected as a factory and built in :meth:`configure_model`, so a strategy can
     build it on the meta device and shard it before any weight exists in full.
@@ -74,8 +74,9 @@ class LanguageModel(L.LightningModule):
         layout = None if document_ids is None else SequenceLayout.from_document_ids(document_ids)
         return self.network.logits(self.network(tokens, layout).hidden)
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self(batch["tokens"], batch["document_ids"])  # (B, T, V)
+    def _loss(self, batch: dict[str, torch.Tensor], logits: torch.Tensor | None = None) -> torch.Tensor:
+        if logits is None:
+            logits = self(batch["tokens"], batch["document_ids"])  # (B, T, V)
         # fp32 log-softmax whatever the autocast: bf16 loses the small probabilities.
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE_INDEX)
 
@@ -86,7 +87,13 @@ class LanguageModel(L.LightningModule):
         return loss
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        self.log("val/loss", self._loss(batch), prog_bar=True, sync_dist=True)
+        logits = self(batch["tokens"], batch["document_ids"])  # (B, T, V)
+        self.log("val/loss", self._loss(batch, logits), prog_bar=True, sync_dist=True)
+        # Top-1 accuracy over the scored targets: for synthetic tasks (MQAR, passkey) only answers are scored.
+        scored = batch["targets"] != IGNORE_INDEX
+        correct = (logits.argmax(dim=-1) == batch["targets"]) & scored
+        accuracy = correct.sum() / scored.sum().clamp(min=1)
+        self.log("val/accuracy", accuracy, sync_dist=True, batch_size=int(scored.sum().clamp(min=1)))
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         self.log("test/loss", self._loss(batch), sync_dist=True)
