@@ -8,8 +8,11 @@ import torch
 from constellation_kit.errors import ConfigError
 from constellation_kit.model import GroupedQueryAttention, SequenceLayout
 from constellation_kit.model.attention_backends import BACKENDS, select_backend
+from constellation_kit.model.attention_backends.sdpa import SDPABackend
 
-CPU_BACKENDS = ["sdpa", "eager"]
+# SDPA twice: its linear-memory paths (document grouping, window blocks) and its short-sequence dense-mask path.
+CPU = {"sdpa": SDPABackend(dense_below=0), "sdpa_dense": SDPABackend(dense_below=10**9), "eager": BACKENDS["eager"]}
+CPU_BACKENDS = list(CPU)
 DOCUMENTS = torch.tensor([[0] * 5 + [1] * 11 + [2] * 7, [4] * 23, [1] * 9 + [2] * 9 + [3] * 5])  # (3, 23)
 
 
@@ -73,7 +76,7 @@ def references():
 def test_backend_equals_reference(backend, n_kv_heads, window, packed, references) -> None:
     documents, expected, expected_grads, weight = references(n_kv_heads, window, packed)
     q, k, v = inputs(4, n_kv_heads)
-    out = BACKENDS[backend](q, k, v, SequenceLayout.from_document_ids(documents), window, 0.0)
+    out = CPU[backend](q, k, v, SequenceLayout.from_document_ids(documents), window, 0.0)
     assert_relative_close(out, expected)
     for got, want in zip(grads(out, q, k, v, weight), expected_grads):
         assert_relative_close(got, want)
@@ -85,10 +88,19 @@ def assert_relative_close(got: torch.Tensor, want: torch.Tensor) -> None:
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5 * max(want.abs().max().item(), 1.0))
 
 
+@pytest.fixture(params=["sdpa", "sdpa_dense", "eager"])
+def module_backend(request, monkeypatch) -> str:
+    """A backend name for GroupedQueryAttention; "sdpa" patched to take its linear-memory paths even at T = 23."""
+    if request.param == "eager":
+        return "eager"
+    monkeypatch.setitem(BACKENDS, "sdpa", CPU[request.param])
+    return "sdpa"
+
+
 @pytest.mark.parametrize("kind", ["G", "L"])
-def test_packed_sequence_equals_each_document_alone(kind: str) -> None:
+def test_packed_sequence_equals_each_document_alone(kind: str, module_backend: str) -> None:
     torch.manual_seed(0)
-    attn = GroupedQueryAttention(32, n_heads=4, n_kv_heads=2, layer_pattern=kind, window=3, backend="sdpa")
+    attn = GroupedQueryAttention(32, n_heads=4, n_kv_heads=2, layer_pattern=kind, window=3, backend=module_backend)
     lengths = [5, 7, 5, 1]
     docs = [torch.randn(1, n, 32) for n in lengths]
     ids = torch.repeat_interleave(torch.arange(len(lengths)), torch.tensor(lengths))[None]
@@ -97,11 +109,10 @@ def test_packed_sequence_equals_each_document_alone(kind: str) -> None:
     torch.testing.assert_close(packed, alone, rtol=1e-5, atol=1e-6)
 
 
-@pytest.mark.parametrize("backend", CPU_BACKENDS)
 @pytest.mark.parametrize("kind", ["G", "L"])
-def test_changing_one_document_leaves_the_others_unchanged(backend: str, kind: str) -> None:
+def test_changing_one_document_leaves_the_others_unchanged(kind: str, module_backend: str) -> None:
     torch.manual_seed(0)
-    attn = GroupedQueryAttention(32, n_heads=4, n_kv_heads=1, layer_pattern=kind, window=4, backend=backend, qk_norm=True)
+    attn = GroupedQueryAttention(32, n_heads=4, n_kv_heads=1, layer_pattern=kind, window=4, backend=module_backend, qk_norm=True)
     layout = SequenceLayout.from_document_ids(DOCUMENTS)
     x = torch.randn(3, 23, 32)
     changed = x.clone()
@@ -118,13 +129,13 @@ def test_window_edges_are_exact(backend: str) -> None:
     window, seq_len = 5, 20
     q, k, v = inputs(2, 2, batch=1, seq_len=seq_len)
     layout = SequenceLayout.single_document(1, seq_len, q.device)
-    base = BACKENDS[backend](q, k, v, layout, window, 0.0)
+    base = CPU[backend](q, k, v, layout, window, 0.0)
     for i in (window, 11, seq_len - 1):
         outside, inside = v.detach().clone(), v.detach().clone()
         outside[:, :, i - window] += 10.0  # exactly one step beyond the window
         inside[:, :, i - window + 1] += 10.0  # the oldest key the window holds
-        assert torch.equal(BACKENDS[backend](q, k, outside, layout, window, 0.0)[:, :, i], base[:, :, i])
-        assert not torch.allclose(BACKENDS[backend](q, k, inside, layout, window, 0.0)[:, :, i], base[:, :, i])
+        assert torch.equal(CPU[backend](q, k, outside, layout, window, 0.0)[:, :, i], base[:, :, i])
+        assert not torch.allclose(CPU[backend](q, k, inside, layout, window, 0.0)[:, :, i], base[:, :, i])
 
 
 def test_layer_pattern_assigns_kinds_and_windows() -> None:

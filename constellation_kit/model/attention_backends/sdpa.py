@@ -12,6 +12,8 @@ path that materialises (T, T) scores: quadratic memory and time. So no (T, T) ma
   carries the band and the document test. Cost per block is constant, so the layer is linear in T.
 
 Both are exact rearrangements of the same softmax; tests compare them with the eager reference.
+Short sequences (``dense_below`` tokens, default 512) take one call with an explicit mask instead,
+where the quadratic term is still smaller than the cost of cutting the batch apart.
 """
 
 import torch
@@ -26,14 +28,23 @@ class SDPABackend(AttentionBackend):
 
     name = "sdpa"
 
+    def __init__(self, dense_below: int = 512) -> None:
+        # Up to this many tokens a (B, 1, T, T) mask is cheaper than cutting the batch apart: at T = 128
+        # it is 16 K booleans a row, against a dozen small kernel calls and a gather/scatter per layer.
+        self.dense_below = dense_below
+
     def unavailable_reason(self, q: torch.Tensor, dropout_p: float) -> str | None:
         return None
 
     def __call__(self, q, k, v, layout: SequenceLayout, window: int | None, dropout_p: float) -> torch.Tensor:
         if window is not None and window >= layout.max_seqlen:
             window = None  # the window reaches every earlier token of every document: plain causal
+        if window is None and layout.is_single_document:
+            return _sdpa(q, k, v, dropout_p)
+        if q.shape[2] <= self.dense_below:
+            return _sdpa(q, k, v, dropout_p, layout.allowed(window))
         if window is None:
-            return _sdpa(q, k, v, dropout_p) if layout.is_single_document else per_document(q, k, v, layout, dropout_p)
+            return per_document(q, k, v, layout, dropout_p)
         return sliding_window_blocks(q, k, v, layout, window, dropout_p)
 
 
