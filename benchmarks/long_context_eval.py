@@ -12,6 +12,7 @@ scaling. Prints a table; the last line is one JSON object ``{"<length>/<scaling>
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -44,8 +45,6 @@ def main() -> None:
     long_len = int(args.trained_len * args.factor)
     points = [(args.trained_len, "none", 1.0), (long_len, "none", 1.0)] + [(long_len, s, args.factor) for s in args.scalings]
     results = {}
-    import os
-
     os.chdir(tempfile.mkdtemp(prefix="long-context-eval-"))  # validate's MLflow runs land here, not in the repo
     for seq_len, kind, factor in points:
         results[f"{seq_len}/{kind}"] = validate(args.recipes, ckpt, seq_len, args.trained_len, kind, factor)
