@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from constellation_kit.data.media import clip_samples, decode_audio, decode_image, fit_length, image_transform  # noqa: E402
-from constellation_kit.data.synthetic import draw_image  # noqa: E402
+from constellation_kit.data.generated_media import draw_image  # noqa: E402
 from constellation_kit.model.log_mel import LogMelSpectrogram  # noqa: E402
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 64, "num_heads": 2}

@@ -167,9 +167,21 @@ def _quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
 
 
+def _show_kit_info_logs() -> None:
+    # The kit's INFO lines (which attention backend `auto` chose, resuming from where) reach the
+    # console like Lightning's own; without a handler Python would print only warnings.
+    kit = logging.getLogger("constellation_kit")
+    if not kit.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+        kit.addHandler(handler)
+        kit.setLevel(logging.INFO)
+
+
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``constellation-kit`` console script."""
     _quiet_known_warnings()
+    _show_kit_info_logs()
     try:
         ConstellationCLI(args=args)
     except ConfigError as error:

@@ -1,27 +1,33 @@
 """Data: sources, tokenizer, packing, media decoding, and the DataModules. Knows nothing of the model."""
 
 from constellation_kit.data.batching import micro_batch_size
+from constellation_kit.data.long_range_tasks import MultiQueryAssociativeRecall, PasskeyRetrieval, SyntheticTask
 from constellation_kit.data.manifest import ManifestItem, read_manifest
 from constellation_kit.data.media import MediaError, decode_audio, decode_image, image_transform
 from constellation_kit.data.multimodal_datamodule import MultimodalDataModule
 from constellation_kit.data.packing import IGNORE_INDEX, PackedDataset, PackedSequences, pack_documents
 from constellation_kit.data.sampler import ResumableSampler
 from constellation_kit.data.sources import Document, DocumentSource, PythonStdlibSource
+from constellation_kit.data.synthetic_datamodule import SyntheticDataModule
 from constellation_kit.data.text_datamodule import TextDataModule
 from constellation_kit.data.tokenizer import ByteLevelBPE
 
 __all__ = [
     "IGNORE_INDEX",
-    "ManifestItem",
-    "MediaError",
-    "MultimodalDataModule",
     "ByteLevelBPE",
     "Document",
     "DocumentSource",
+    "ManifestItem",
+    "MediaError",
+    "MultiQueryAssociativeRecall",
+    "MultimodalDataModule",
     "PackedDataset",
     "PackedSequences",
+    "PasskeyRetrieval",
     "PythonStdlibSource",
     "ResumableSampler",
+    "SyntheticDataModule",
+    "SyntheticTask",
     "TextDataModule",
     "decode_audio",
     "decode_image",

@@ -13,7 +13,7 @@ import torch
 from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
 
-from constellation_kit.data import synthetic
+from constellation_kit.data import generated_media
 from constellation_kit.data.manifest import ManifestItem, read_manifest
 from constellation_kit.data.media import MediaError, clip_samples, decode_audio, decode_image, fit_length, image_transform
 from constellation_kit.data.media_rows import MediaRows, item_tokens, pack_media_items
@@ -126,7 +126,7 @@ class MultimodalDataModule(TextDataModule):
     def _manifest_path(self) -> Path:
         if self.manifest is not None:
             return Path(self.manifest)
-        return synthetic.generate(self.cache_dir / "media", self.builtin_images, self.builtin_audio, self.seed)
+        return generated_media.generate(self.cache_dir / "media", self.builtin_images, self.builtin_audio, self.seed)
 
     @property
     def items(self) -> list[ManifestItem]:

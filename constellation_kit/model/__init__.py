@@ -15,7 +15,7 @@ from constellation_kit.model.log_mel import LogMelSpectrogram
 from constellation_kit.model.moe import MoEFeedForward
 from constellation_kit.model.placeholders import write_at_placeholders
 from constellation_kit.model.projector import LinearProjector, MLPProjector
-from constellation_kit.model.rope import RotaryEmbedding
+from constellation_kit.model.rope import RopeScaling, RotaryEmbedding
 from constellation_kit.model.router import RouterOutput, TopKRouter
 from constellation_kit.model.transformer import Block, Transformer, TransformerOutput
 from constellation_kit.model.vision_encoder import TimmVisionEncoder
@@ -32,6 +32,7 @@ __all__ = [
     "LoopDispatch",
     "MLPProjector",
     "MoEFeedForward",
+    "RopeScaling",
     "RotaryEmbedding",
     "RouterL2Penalty",
     "RouterOutput",

@@ -1,33 +1,57 @@
-"""Causal self-attention with grouped-query heads and RoPE, on PyTorch SDPA.
+"""Causal self-attention for long contexts: grouped-query heads, QK-norm, local/global layers, RoPE
+with context-extension scaling, and packed-document masking on a choice of kernels.
 
 Grouped-query attention (Ainslie et al. 2023, https://arxiv.org/abs/2305.13245): ``n_kv_heads``
 key/value heads are shared by groups of ``n_heads // n_kv_heads`` query heads, which shrinks the
 KV projections (and a KV cache) without the quality loss of a single shared head.
+
+Local and global layers (Beltagy et al. 2020, https://arxiv.org/abs/2004.05150; Gemma 3, 2025,
+https://arxiv.org/abs/2503.19786): a ``layer_pattern`` such as ``"LLLLLG"`` makes five of every six
+layers attend only a sliding window of ``window`` tokens (cheap, and a KV cache of W tokens), and
+the sixth attend the whole document. Gemma 3 gives the two kinds different RoPE bases (10k local,
+1M global) and applies context-extension scaling only to global layers: local layers never see a
+distance longer than their window, so there is nothing to extend.
+
+QK-norm (Dehghani et al. 2023, https://arxiv.org/abs/2302.05442; Gemma 3): RMS-normalising each
+query and key head before RoPE bounds the logits and keeps large-LR training stable.
 """
 
+from typing import Literal
+
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from constellation_kit.errors import ConfigError
+from constellation_kit.model.attention_backends import BackendName, select_backend
 from constellation_kit.model.layout import SequenceLayout
-from constellation_kit.model.rope import RotaryEmbedding
+from constellation_kit.model.rope import RopeScaling, RotaryEmbedding
+
+LayerKind = Literal["global", "local"]
 
 
 class GroupedQueryAttention(nn.Module):
     """Causal multi-head self-attention with ``n_kv_heads`` shared key/value heads.
 
     Input ``x`` (B, T, d_model) and the batch's :class:`SequenceLayout`; output (B, T, d_model).
-    Tokens attend only to earlier tokens of their own document.
+    Tokens attend only to earlier tokens of their own document, and in a local layer only to the
+    last ``window`` of them (their own included).
 
     Args:
         d_model: model width, supplied by the transformer.
-        layer_index: which block this is, supplied by the transformer (unused here; layer-dependent
-            attention kinds use it).
+        layer_index: which block this is, supplied by the transformer; picks the layer's kind
+            from ``layer_pattern``.
         n_heads: query heads; must divide ``d_model`` unless ``head_dim`` is given.
         n_kv_heads: key/value heads; must divide ``n_heads``. ``None`` means ``n_heads`` (plain MHA).
         head_dim: per-head width; ``None`` means ``d_model // n_heads``.
-        rope_base: RoPE base frequency (theta).
+        layer_pattern: one letter per layer, repeated over the depth: ``G`` global (full causal),
+            ``L`` local (sliding window). ``"G"`` makes every layer global; ``"LLLLLG"`` is Gemma 3's.
+        window: tokens a local layer's query sees, its own included (W; flash-attn window W - 1).
+        rope_base: RoPE base frequency (theta) of global layers.
+        local_rope_base: RoPE base of local layers; ``None`` means ``rope_base``.
+        rope_scaling: context-extension scaling of global layers' RoPE (none, linear, ntk, yarn, llama3).
+        qk_norm: RMS-normalise each query and key head (learned scale) before RoPE.
+        backend: attention kernel: ``auto`` (fastest available here, logged), ``flash_attn``,
+            ``flex``, ``sdpa`` or ``eager`` (the slow reference).
         dropout: attention-probability dropout during training.
         bias: whether the projections have biases.
         init_std: standard deviation of the normal initialisation of the projections.
@@ -41,7 +65,13 @@ class GroupedQueryAttention(nn.Module):
         n_heads: int,
         n_kv_heads: int | None = None,
         head_dim: int | None = None,
+        layer_pattern: str = "G",
+        window: int = 4096,
         rope_base: float = 10_000.0,
+        local_rope_base: float | None = None,
+        rope_scaling: RopeScaling | None = None,
+        qk_norm: bool = False,
+        backend: BackendName = "auto",
         dropout: float = 0.0,
         bias: bool = False,
         init_std: float = 0.02,
@@ -61,14 +91,30 @@ class GroupedQueryAttention(nn.Module):
                 f"n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}: each key/value head "
                 "serves a whole group of query heads, so pick n_kv_heads among the divisors of n_heads"
             )
+        if not layer_pattern or set(layer_pattern) - {"G", "L"}:
+            raise ConfigError(
+                f"layer_pattern={layer_pattern!r} must be a non-empty string of G (global) and L (local), "
+                "e.g. 'G' for all-global or 'LLLLLG' for five local layers to one global"
+            )
+        if window < 1:
+            raise ConfigError(f"window={window} must be at least 1 token")
         self.layer_index = layer_index
+        self.kind: LayerKind = "local" if layer_pattern[layer_index % len(layer_pattern)] == "L" else "global"
+        self.window = window if self.kind == "local" else None
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.backend = backend
         self.dropout = dropout
         self.init_std = init_std
         self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
         self.kv_proj = nn.Linear(d_model, 2 * n_kv_heads * head_dim, bias=bias)
         self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
-        self.rope = RotaryEmbedding(head_dim, base=rope_base)
+        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
+        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
+        if self.kind == "local":
+            base = rope_base if local_rope_base is None else local_rope_base
+            self.rope = RotaryEmbedding(head_dim, base=base)
+        else:
+            self.rope = RotaryEmbedding(head_dim, base=rope_base, scaling=rope_scaling)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -77,28 +123,29 @@ class GroupedQueryAttention(nn.Module):
             if linear.bias is not None:
                 nn.init.zeros_(linear.bias)
 
+    def project(self, x: torch.Tensor, layout: SequenceLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Queries (B, H, T, hd), keys and values (B, Hkv, T, hd), normed and rotated: the kernels' inputs."""
+        batch, seq_len, _ = x.shape
+        q = self.q_proj(x).view(batch, seq_len, self.n_heads, self.head_dim)  # (B, T, H, hd)
+        k, v = self.kv_proj(x).view(batch, seq_len, 2, self.n_kv_heads, self.head_dim).unbind(2)  # (B, T, Hkv, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
+        cos, sin = self.rope(layout.positions)  # (B, T, hd/2)
+        return RotaryEmbedding.rotate(q, cos, sin), RotaryEmbedding.rotate(k, cos, sin), v
+
     def forward(self, x: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
         batch, seq_len, _ = x.shape
-        q = self.q_proj(x).view(batch, seq_len, self.n_heads, self.head_dim).transpose(1, 2)  # (B, H, T, hd)
-        k, v = (
-            self.kv_proj(x)
-            .view(batch, seq_len, 2, self.n_kv_heads, self.head_dim)
-            .permute(2, 0, 3, 1, 4)  # (2, B, Hkv, T, hd)
-            .unbind(0)
-        )
-        cos, sin = self.rope(layout.positions)  # (B, T, hd/2)
-        q, k = RotaryEmbedding.rotate(q, cos, sin), RotaryEmbedding.rotate(k, cos, sin)
+        q, k, v = self.project(x, layout)
         dropout_p = self.dropout if self.training else 0.0
-        if layout.is_single_document:
-            # is_causal keeps SDPA on its memory-efficient kernels; an explicit mask would not.
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p, enable_gqa=True)
-        else:
-            y = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=layout.document_causal_mask, dropout_p=dropout_p, enable_gqa=True
-            )
+        backend = select_backend(self.backend, q, dropout_p)
+        y = backend(q, k, v, layout, self.window, dropout_p)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(batch, seq_len, self.n_heads * self.head_dim)  # (B, T, H*hd)
         return self.out_proj(y)
 
     def extra_repr(self) -> str:
-        return f"n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, head_dim={self.head_dim}"
-
+        window = f", window={self.window}" if self.window is not None else ""
+        return (
+            f"kind={self.kind}{window}, n_heads={self.n_heads}, n_kv_heads={self.n_kv_heads}, "
+            f"head_dim={self.head_dim}, backend={self.backend}"
+        )

@@ -30,7 +30,7 @@ class LanguageModel(L.LightningModule):
 
     Takes batches of (B, T) ``tokens``, ``targets`` and ``document_ids`` and minimises the mean
     cross-entropy of the targets (positions marked -100 excluded). Logs ``train/loss``,
-    ``train/lr`` and ``val/loss``.
+    ``train/lr``, ``val/loss`` and ``val/accuracy`` (top-1 over non-ignored targets).
 
     The network is injected as a factory and built in :meth:`configure_model`, so a strategy can
     build it on the meta device and shard it before any weight exists in full.
@@ -97,16 +97,16 @@ class LanguageModel(L.LightningModule):
         layout = SequenceLayout.from_document_ids(batch["document_ids"])
         return self.network(batch["tokens"], layout, embeddings=self.input_embeddings(batch))
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, RouterOutput]]]:
-        """The language-model loss and each MoE layer's ``(layer_index, RouterOutput)``."""
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, RouterOutput]], torch.Tensor]:
+        """The language-model loss, each MoE layer's ``(layer_index, RouterOutput)``, and the logits (B, T, V)."""
         output = self._network_output(batch)
         logits = self.network.logits(output.hidden)  # (B, T, V)
         # fp32 log-softmax whatever the autocast: bf16 loses the small probabilities.
         loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE_INDEX)
-        return loss, moe_terms.routing_layers(output.aux)
+        return loss, moe_terms.routing_layers(output.aux), logits
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | dict:
-        loss, routing = self._loss(batch)
+        loss, routing, _ = self._loss(batch)
         self.log("train/loss", loss, prog_bar=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         if not routing:
@@ -119,8 +119,13 @@ class LanguageModel(L.LightningModule):
         return {"loss": loss, **moe_terms.step_outputs(routing)}
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict | None:
-        loss, routing = self._loss(batch)
+        loss, routing, logits = self._loss(batch)
         self.log("val/loss", loss, prog_bar=True, sync_dist=True)
+        # Top-1 accuracy over the scored targets: for synthetic tasks (MQAR, passkey) only answers are scored.
+        scored = batch["targets"] != IGNORE_INDEX
+        correct = (logits.argmax(dim=-1) == batch["targets"]) & scored
+        accuracy = correct.sum() / scored.sum().clamp(min=1)
+        self.log("val/accuracy", accuracy, sync_dist=True, batch_size=int(scored.sum().clamp(min=1)))
         return moe_terms.step_outputs(routing) if routing else None
 
     def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:

@@ -143,14 +143,14 @@ class MultimodalLanguageModel(LanguageModel):
             embeddings = write_at_placeholders(embeddings, mask, projected, modality)
         return embeddings
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list]:
-        loss, routing = super()._loss(batch)
+    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list, torch.Tensor]:
+        loss, routing, logits = super()._loss(batch)
         if self.alignment_loss is not None and self._alignment_pairs:
             alignment = torch.stack([self.alignment_loss(m, t) for m, t in self._alignment_pairs]).mean()
             self.log(f"{'train' if self.training else 'val'}/alignment_loss", alignment)
             loss = loss + self.alignment_weight * alignment
         self._alignment_pairs = []
-        return loss, routing
+        return loss, routing, logits
 
     # -- the grounding check -----------------------------------------------------------------
 

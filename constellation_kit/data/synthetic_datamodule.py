@@ -1,0 +1,87 @@
+"""A DataModule over a synthetic task: generated once in memory, no tokenizer, no cache."""
+
+import lightning as L
+import numpy as np
+import torch
+from jsonargparse import lazy_instance
+from torch.utils.data import Dataset
+
+from constellation_kit.data.long_range_tasks import MultiQueryAssociativeRecall, SyntheticTask
+from constellation_kit.data.text_datamodule import TextDataModule
+from constellation_kit.errors import ConfigError
+
+
+class SyntheticDataset(Dataset):
+    """(N, T) inputs and targets as items of (T,) int64 ``tokens``, ``targets``, ``document_ids`` (one document)."""
+
+    def __init__(self, inputs: np.ndarray, targets: np.ndarray) -> None:
+        self.inputs, self.targets = torch.from_numpy(inputs), torch.from_numpy(targets)
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        tokens = self.inputs[index]
+        return {"tokens": tokens, "targets": self.targets[index], "document_ids": torch.zeros_like(tokens)}
+
+
+class SyntheticDataModule(TextDataModule):
+    """Batches from a :class:`SyntheticTask` (MQAR, passkey), for training and for length generalisation.
+
+    Same batch dict, micro-batching and resumable sampling as :class:`TextDataModule`; the data is
+    generated from ``seed`` (training) and ``seed + 1`` (validation), so the splits never share a
+    draw. ``val_seq_len`` evaluates at another length than training, e.g. twice it:
+    ``constellation-kit validate ... --data.init_args.val_seq_len=512 --ckpt_path ...``.
+
+    Args:
+        task: the generator.
+        seq_len: training sequence length.
+        val_seq_len: validation/test sequence length; ``None`` means ``seq_len``.
+        global_batch_size: sequences per optimizer step (over accumulation and devices).
+        num_train_examples: training sequences (an epoch).
+        num_val_examples: validation sequences.
+        seed: decides the data and the shuffling order.
+        num_workers: DataLoader worker processes.
+    """
+
+    def __init__(
+        self,
+        task: SyntheticTask = lazy_instance(MultiQueryAssociativeRecall),
+        seq_len: int = 256,
+        val_seq_len: int | None = None,
+        global_batch_size: int = 32,
+        num_train_examples: int = 20_000,
+        num_val_examples: int = 512,
+        seed: int = 0,
+        num_workers: int = 0,
+    ) -> None:
+        L.LightningDataModule.__init__(self)
+        if num_train_examples < 1 or num_val_examples < 1:
+            raise ConfigError(f"num_train_examples={num_train_examples} and num_val_examples={num_val_examples} must be positive")
+        self.task = task
+        self.seq_len = seq_len
+        self.val_seq_len = val_seq_len or seq_len
+        self.global_batch_size = global_batch_size
+        self.num_train_examples = num_train_examples
+        self.num_val_examples = num_val_examples
+        self.seed = seed
+        self.num_workers = num_workers
+        self.train_dataset: SyntheticDataset | None = None
+        self.val_dataset: SyntheticDataset | None = None
+        self._train_sampler = None
+        self._epoch = 0
+        self._samples_in_epoch = 0
+        self._resume_from = None
+
+    @property
+    def vocab_size(self) -> int:
+        return self.task.vocab_size
+
+    def prepare_data(self) -> None:
+        """Nothing to download or cache: the data is generated in :meth:`setup`."""
+
+    def setup(self, stage: str) -> None:
+        if stage == "fit" and self.train_dataset is None:
+            self.train_dataset = SyntheticDataset(*self.task.generate(self.num_train_examples, self.seq_len, self.seed))
+        if self.val_dataset is None:
+            self.val_dataset = SyntheticDataset(*self.task.generate(self.num_val_examples, self.val_seq_len, self.seed + 1))
