@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from constellation_kit.errors import ConfigError
+from constellation_kit.model.layers import Linear
 from constellation_kit.model.layout import SequenceLayout
 from constellation_kit.model.rope import RotaryEmbedding
 
@@ -64,18 +65,10 @@ class GroupedQueryAttention(nn.Module):
         self.layer_index = layer_index
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.dropout = dropout
-        self.init_std = init_std
-        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.kv_proj = nn.Linear(d_model, 2 * n_kv_heads * head_dim, bias=bias)
-        self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+        self.q_proj = Linear(d_model, n_heads * head_dim, bias=bias, init_std=init_std)
+        self.kv_proj = Linear(d_model, 2 * n_kv_heads * head_dim, bias=bias, init_std=init_std)
+        self.out_proj = Linear(n_heads * head_dim, d_model, bias=bias, init_std=init_std)
         self.rope = RotaryEmbedding(head_dim, base=rope_base)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for linear in (self.q_proj, self.kv_proj, self.out_proj):
-            nn.init.normal_(linear.weight, std=self.init_std)
-            if linear.bias is not None:
-                nn.init.zeros_(linear.bias)
 
     def forward(self, x: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
         batch, seq_len, _ = x.shape
