@@ -151,7 +151,8 @@ class ConstellationCLI(LightningCLI):
                     init.run_id = last.parent.parent.name
                 logging.getLogger(__name__).info("Resuming from %s", last)
         ckpt = config.ckpt_path
-        if ckpt is not None and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).is_file():
+        if ckpt is not None and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).exists():
+            # A sharded checkpoint is a directory, a single-process one a file: either will do.
             raise ConfigError(f"--ckpt_path {ckpt}: no such checkpoint file. Check the path, or use --ckpt_path last")
 
 
@@ -169,6 +170,8 @@ def _quiet_known_warnings() -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``constellation-kit`` console script."""
+    import constellation_kit.commands  # noqa: F401  (registers the kit's own subcommands)
+
     _quiet_known_warnings()
     try:
         ConstellationCLI(args=args)
@@ -178,4 +181,8 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m constellation_kit.cli` runs this file as __main__, a second copy of the module:
+    # call the canonical one, whose COMMANDS registry the subcommands fill.
+    from constellation_kit.cli import main as canonical_main
+
+    canonical_main()

@@ -2,6 +2,7 @@
 
 from constellation_kit.train.module import LanguageModel
 from constellation_kit.train.param_groups import weight_decay_groups
+from constellation_kit.train.strategy import FSDP2Strategy
 from constellation_kit.train.schedule import WarmupCosineSchedule, warmup_cosine_factor
 
-__all__ = ["LanguageModel", "WarmupCosineSchedule", "warmup_cosine_factor", "weight_decay_groups"]
+__all__ = ["FSDP2Strategy", "LanguageModel", "WarmupCosineSchedule", "warmup_cosine_factor", "weight_decay_groups"]

@@ -10,9 +10,11 @@ from torch.optim.lr_scheduler import LRScheduler
 
 from constellation_kit.data.packing import IGNORE_INDEX
 from constellation_kit.errors import ConfigError
+from constellation_kit.model.chunked_loss import chunked_linear_cross_entropy
 from constellation_kit.model.layout import SequenceLayout
 from constellation_kit.model.transformer import Transformer
 from constellation_kit.train.param_groups import weight_decay_groups
+from constellation_kit.train.strategy import FSDP2Strategy
 
 NetworkFactory = Callable[[int], Transformer]
 """Builds the network from the vocabulary size (which the data decides)."""
@@ -38,6 +40,9 @@ class LanguageModel(L.LightningModule):
         optimizer: factory for the optimizer, called with the parameter groups (weight decay off
             for norms, biases and embeddings; see :func:`weight_decay_groups`).
         scheduler: factory for the LR schedule, called with the optimizer and the total steps.
+        loss_chunk_size: compute the loss through the LM head this many tokens at a time, never
+            materialising a micro-batch's full logits (see :mod:`constellation_kit.model.chunked_loss`);
+            ``None`` computes all logits at once (fastest at small vocabularies and batches).
     """
 
     def __init__(
@@ -46,12 +51,14 @@ class LanguageModel(L.LightningModule):
         vocab_size: int,
         optimizer: OptimizerFactory = torch.optim.AdamW,
         scheduler: SchedulerFactory | None = None,
+        loss_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         self.network_factory = network
         self.vocab_size = vocab_size
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
+        self.loss_chunk_size = loss_chunk_size
         # Factories are partials, not hyperparameters: the CLI saves the full config instead.
         self.save_hyperparameters(ignore=["network", "optimizer", "scheduler"], logger=False)
         self.network: Transformer | None = None
@@ -66,7 +73,15 @@ class LanguageModel(L.LightningModule):
             self.network_factory(self.vocab_size)
 
     def configure_model(self) -> None:
-        if self.network is None:
+        if self.network is not None:
+            return
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FSDP2Strategy):
+            # Never whole on one device: built on meta, sharded, then only this rank's shards allocated.
+            with torch.device("meta"):
+                network = self.network_factory(self.vocab_size)
+            self.network = strategy.parallelize(network)
+        else:
             self.network = self.network_factory(self.vocab_size)
 
     def forward(self, tokens: torch.Tensor, document_ids: torch.Tensor | None = None) -> torch.Tensor:
@@ -75,13 +90,21 @@ class LanguageModel(L.LightningModule):
         return self.network.logits(self.network(tokens, layout).hidden)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        logits = self(batch["tokens"], batch["document_ids"])  # (B, T, V)
+        layout = SequenceLayout.from_document_ids(batch["document_ids"])
+        hidden = self.network(batch["tokens"], layout).hidden  # (B, T, D)
+        if self.loss_chunk_size:
+            return chunked_linear_cross_entropy(
+                hidden, self.network.head_weight, batch["targets"], self.network.vocab_size, self.loss_chunk_size
+            )
+        logits = self.network.logits(hidden)  # (B, T, V)
         # fp32 log-softmax whatever the autocast: bf16 loses the small probabilities.
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE_INDEX)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        # sync_dist: the logged value is the global batch's loss at any world size (one scalar
+        # all-reduce per step, negligible beside the gradients' collectives).
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         return loss
 
