@@ -103,6 +103,14 @@ class ConstellationCLI(LightningCLI):
         config["plugins"] = plugins
         return super()._instantiate_trainer(config, callbacks)
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # Never unpickle arbitrary code from a checkpoint unless asked: the kit's checkpoints hold
+        # only tensors and plain values, so torch's restricted loader reads them.
+        if "weights_only" in self._subcommand_method_arguments.get(subcommand, {}):
+            parser.set_defaults(weights_only=True)
+        return parser
+
     # -- the kit's own subcommands -------------------------------------------------------------
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
