@@ -13,11 +13,11 @@ from typing import Any
 
 import torch
 from jsonargparse import ArgumentParser, Namespace
-from torch import nn
 
 from constellation_kit.cli import Command, ConstellationCLI, register_command
 from constellation_kit.data.batching import micro_batch_size
 from constellation_kit.errors import ConfigError
+from constellation_kit.model.flops import active_parameters, training_flops_per_token
 from constellation_kit.model.transformer import Transformer
 from constellation_kit.train.module import NetworkFactory
 
@@ -60,43 +60,6 @@ class Plan:
     min_gpus: int | None
     mfu: float
     step_time_s: float
-
-
-def active_parameters(network: nn.Module) -> int:
-    """Parameters one token passes through: all, except what a module says it leaves unused.
-
-    A sparsely-activated module reports its own count through ``active_parameters()`` (an MoE layer:
-    router, shared experts and k of its E routed experts); its parameters are not counted again.
-    """
-    total = 0
-
-    def visit(module: nn.Module) -> None:
-        nonlocal total
-        if hasattr(module, "active_parameters") and module is not network:
-            total += int(module.active_parameters())
-            return
-        total += sum(p.numel() for p in module.parameters(recurse=False))
-        for child in module.children():
-            visit(child)
-
-    visit(network)
-    return total
-
-
-def flops_per_token(network: Transformer, active: int, seq_len: int) -> float:
-    """Training FLOPs per token: ``6 · N_active`` for the matmuls plus causal attention's scores.
-
-    PaLM (Chowdhery et al. 2022, App. B): attention adds ``12 · L · H · d_head · T`` for full
-    attention; a causal mask halves it. The embedding lookup is not a matmul and is not counted
-    (a tied head is, as its matmul runs).
-    """
-    matmul_params = active - network.token_embedding.weight.numel() * (0 if network.lm_head is None else 1)
-    attention = 0.0
-    for block in network.blocks:
-        attn = block.attention
-        context = attn.attended_context(seq_len) if hasattr(attn, "attended_context") else seq_len / 2
-        attention += 12 * attn.n_heads * attn.head_dim * context
-    return 6.0 * matmul_params + attention
 
 
 def memory_per_gpu(network: Transformer, total: int, micro_batch: int, seq_len: int, num_gpus: int,
@@ -153,7 +116,7 @@ def make_plan(config: Namespace) -> Plan:
     checkpointing = bool(strategy_args.get("activation_checkpointing", False))
     chunked = bool(getattr(config.model.init_args, "loss_chunk_size", None))
     gpu = GPUS[config.gpu]
-    fpt = flops_per_token(network, active, seq_len)
+    fpt = training_flops_per_token(network, seq_len)
     tokens_per_step = global_batch * seq_len
 
     def memory_at(n: int) -> dict[str, float]:

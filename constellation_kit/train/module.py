@@ -11,6 +11,7 @@ from torch.optim.lr_scheduler import LRScheduler
 from constellation_kit.data.packing import IGNORE_INDEX
 from constellation_kit.errors import ConfigError
 from constellation_kit.model.chunked_loss import chunked_linear_cross_entropy
+from constellation_kit.model.flops import training_flops_per_token
 from constellation_kit.model.layout import SequenceLayout
 from constellation_kit.model.transformer import Transformer
 from constellation_kit.train.param_groups import weight_decay_groups
@@ -62,6 +63,8 @@ class LanguageModel(L.LightningModule):
         # Factories are partials, not hyperparameters: the CLI saves the full config instead.
         self.save_hyperparameters(ignore=["network", "optimizer", "scheduler"], logger=False)
         self.network: Transformer | None = None
+        self._last_batch_shape: tuple[int, int] | None = None
+        self._flops_per_token: dict[int, float] = {}
 
     def check_config(self) -> None:
         """Build the network once on the meta device (no memory, any size) and discard it.
@@ -100,7 +103,22 @@ class LanguageModel(L.LightningModule):
         # fp32 log-softmax whatever the autocast: bf16 loses the small probabilities.
         return F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE_INDEX)
 
+    @property
+    def flops_per_batch(self) -> float | None:
+        """Training FLOPs of the last training micro-batch on this device, for Lightning's ThroughputMonitor.
+
+        Counts active parameters, not total (an MoE token passes through k of E experts), plus
+        attention (:func:`constellation_kit.model.flops.training_flops_per_token`).
+        """
+        if self._last_batch_shape is None:
+            return None
+        batch, seq_len = self._last_batch_shape
+        if seq_len not in self._flops_per_token:
+            self._flops_per_token[seq_len] = training_flops_per_token(self.network, seq_len)
+        return batch * seq_len * self._flops_per_token[seq_len]
+
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        self._last_batch_shape = tuple(batch["tokens"].shape)
         loss = self._loss(batch)
         # sync_dist: the logged value is the global batch's loss at any world size (one scalar
         # all-reduce per step, negligible beside the gradients' collectives).
