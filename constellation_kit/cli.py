@@ -103,6 +103,14 @@ class ConstellationCLI(LightningCLI):
         config["plugins"] = plugins
         return super()._instantiate_trainer(config, callbacks)
 
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        # Never unpickle arbitrary code from a checkpoint unless asked: the kit's checkpoints hold
+        # only tensors and plain values, so torch's restricted loader reads them.
+        if "weights_only" in self._subcommand_method_arguments.get(subcommand, {}):
+            parser.set_defaults(weights_only=True)
+        return parser
+
     # -- the kit's own subcommands -------------------------------------------------------------
 
     def _add_subcommands(self, parser: LightningArgumentParser, **kwargs: Any) -> None:
@@ -151,7 +159,8 @@ class ConstellationCLI(LightningCLI):
                     init.run_id = last.parent.parent.name
                 logging.getLogger(__name__).info("Resuming from %s", last)
         ckpt = config.ckpt_path
-        if ckpt is not None and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).is_file():
+        if ckpt is not None and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).exists():
+            # A sharded checkpoint is a directory, a single-process one a file: either will do.
             raise ConfigError(f"--ckpt_path {ckpt}: no such checkpoint file. Check the path, or use --ckpt_path last")
 
 
@@ -180,6 +189,8 @@ def _show_kit_info_logs() -> None:
 
 def main(args: list[str] | None = None) -> None:
     """Entry point of the ``constellation-kit`` console script."""
+    import constellation_kit.commands  # noqa: F401  (registers the kit's own subcommands)
+
     _quiet_known_warnings()
     _show_kit_info_logs()
     try:
@@ -190,4 +201,8 @@ def main(args: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    # `python -m constellation_kit.cli` runs this file as __main__, a second copy of the module:
+    # call the canonical one, whose COMMANDS registry the subcommands fill.
+    from constellation_kit.cli import main as canonical_main
+
+    canonical_main()

@@ -23,6 +23,7 @@ from torch import nn
 
 from constellation_kit.errors import ConfigError
 from constellation_kit.model.attention_backends import BackendName, select_backend
+from constellation_kit.model.layers import Linear
 from constellation_kit.model.layout import SequenceLayout
 from constellation_kit.model.rope import RopeScaling, RotaryEmbedding
 
@@ -104,10 +105,9 @@ class GroupedQueryAttention(nn.Module):
         self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
         self.backend = backend
         self.dropout = dropout
-        self.init_std = init_std
-        self.q_proj = nn.Linear(d_model, n_heads * head_dim, bias=bias)
-        self.kv_proj = nn.Linear(d_model, 2 * n_kv_heads * head_dim, bias=bias)
-        self.out_proj = nn.Linear(n_heads * head_dim, d_model, bias=bias)
+        self.q_proj = Linear(d_model, n_heads * head_dim, bias=bias, init_std=init_std)
+        self.kv_proj = Linear(d_model, 2 * n_kv_heads * head_dim, bias=bias, init_std=init_std)
+        self.out_proj = Linear(n_heads * head_dim, d_model, bias=bias, init_std=init_std)
         self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
         self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
         if self.kind == "local":
@@ -115,13 +115,6 @@ class GroupedQueryAttention(nn.Module):
             self.rope = RotaryEmbedding(head_dim, base=base)
         else:
             self.rope = RotaryEmbedding(head_dim, base=rope_base, scaling=rope_scaling)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for linear in (self.q_proj, self.kv_proj, self.out_proj):
-            nn.init.normal_(linear.weight, std=self.init_std)
-            if linear.bias is not None:
-                nn.init.zeros_(linear.bias)
 
     def project(self, x: torch.Tensor, layout: SequenceLayout) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Queries (B, H, T, hd), keys and values (B, Hkv, T, hd), normed and rotated: the kernels' inputs."""

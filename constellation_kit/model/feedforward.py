@@ -4,6 +4,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from constellation_kit.model.layers import Linear
+
 
 class SwiGLU(nn.Module):
     """``W_down · (silu(W_gate · x) * (W_up · x))``, with gate and up fused in one matmul.
@@ -32,17 +34,9 @@ class SwiGLU(nn.Module):
         if hidden_dim is None:
             hidden_dim = multiple_of * -(-int(8 * d_model / 3) // multiple_of)
         self.hidden_dim = hidden_dim
-        self.init_std = init_std
         # One (2·hidden, d_model) matmul instead of two: fewer kernel launches, better GEMM shapes.
-        self.gate_up_proj = nn.Linear(d_model, 2 * hidden_dim, bias=bias)
-        self.down_proj = nn.Linear(hidden_dim, d_model, bias=bias)
-        self.reset_parameters()
-
-    def reset_parameters(self) -> None:
-        for linear in (self.gate_up_proj, self.down_proj):
-            nn.init.normal_(linear.weight, std=self.init_std)
-            if linear.bias is not None:
-                nn.init.zeros_(linear.bias)
+        self.gate_up_proj = Linear(d_model, 2 * hidden_dim, bias=bias, init_std=init_std)
+        self.down_proj = Linear(hidden_dim, d_model, bias=bias, init_std=init_std)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)  # (B, T, hidden) each

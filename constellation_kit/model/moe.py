@@ -74,6 +74,16 @@ class MoEFeedForward(nn.Module):
             SwiGLU(d_model, hidden_dim=shared_width, init_std=init_std) if num_shared_experts else None
         )
 
+    def active_parameters(self) -> int:
+        """Parameters one token passes through: router, shared experts, and k of the E routed experts.
+
+        Used by FLOP counting (``constellation_kit.model.flops``): a token's compute scales with
+        these, not with the total.
+        """
+        routed = sum(p.numel() for p in self.experts.parameters())
+        others = sum(p.numel() for p in self.parameters()) - routed
+        return others + routed * self.router.top_k // self.router.num_experts
+
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterOutput]:
         x_TD = x.reshape(-1, x.shape[-1])  # (T, D)
         routing = self.router(x_TD)

@@ -27,6 +27,7 @@ from torch import nn
 from constellation_kit.errors import ConfigError
 from constellation_kit.model.attention import GroupedQueryAttention
 from constellation_kit.model.feedforward import SwiGLU
+from constellation_kit.model.layers import Embedding, Linear
 from constellation_kit.model.layout import SequenceLayout
 
 AttentionFactory = Callable[[int, int], nn.Module]
@@ -130,9 +131,8 @@ class Transformer(nn.Module):
         self.d_model = d_model
         self.n_layers = n_layers
         self.tie_embeddings = tie_embeddings
-        self.init_std = init_std
         padded_vocab = pad_vocab_to * -(-vocab_size // pad_vocab_to)
-        self.token_embedding = nn.Embedding(padded_vocab, d_model)
+        self.token_embedding = Embedding(padded_vocab, d_model, init_std=init_std)
         self.embedding_dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList(
             Block(d_model, i, attention, self._feed_forward_of(i, feed_forward, moe, moe_every), norm, dropout)
@@ -141,8 +141,7 @@ class Transformer(nn.Module):
         self.final_norm = norm(d_model)
         # A tied head is not a module: sharing one Parameter between two modules breaks under
         # to_empty() and FSDP sharding, so the head reads the embedding weight directly instead.
-        self.lm_head = None if tie_embeddings else nn.Linear(d_model, padded_vocab, bias=False)
-        self.reset_parameters()
+        self.lm_head = None if tie_embeddings else Linear(d_model, padded_vocab, init_std=init_std)
 
     @staticmethod
     def _feed_forward_of(
@@ -151,20 +150,14 @@ class Transformer(nn.Module):
         """The feed-forward factory of block ``layer_index``: ``moe`` on every ``moe_every``-th block."""
         return moe if moe is not None and (layer_index + 1) % moe_every == 0 else feed_forward
 
-    def reset_parameters(self) -> None:
-        """Initialise the parameters this module owns directly (embedding, head)."""
-        nn.init.normal_(self.token_embedding.weight, std=self.init_std)
-        if self.lm_head is not None:
-            nn.init.normal_(self.lm_head.weight, std=self.init_std)
-
     @torch.no_grad()
     def init_weights(self) -> None:
         """Re-initialise every submodule through its own ``reset_parameters()``.
 
-        Use after materialising a meta-device model (``to_empty``). Children go before parents, so a
-        parent's choice (e.g. the embedding's std) overrides a child's library default.
+        Use after materialising a meta-device model (``to_empty``). Every parameter is initialised
+        by the module that owns it (see :mod:`constellation_kit.model.layers`), so order is irrelevant.
         """
-        for module in reversed(list(self.modules())):
+        for module in self.modules():
             reset = getattr(module, "reset_parameters", None)
             if callable(reset):
                 reset()

@@ -11,11 +11,14 @@ from torch.optim.lr_scheduler import LRScheduler
 from constellation_kit.data.packing import IGNORE_INDEX
 from constellation_kit.errors import ConfigError
 from constellation_kit.model.balance import BalanceLoss
+from constellation_kit.model.chunked_loss import chunked_linear_cross_entropy
+from constellation_kit.model.flops import training_flops_per_token
 from constellation_kit.model.layout import SequenceLayout
 from constellation_kit.model.router import RouterOutput
 from constellation_kit.model.transformer import Transformer, TransformerOutput
 from constellation_kit.train import moe_terms
 from constellation_kit.train.param_groups import weight_decay_groups
+from constellation_kit.train.strategy import FSDP2Strategy
 
 NetworkFactory = Callable[[int], Transformer]
 """Builds the network from the vocabulary size (which the data decides)."""
@@ -45,6 +48,9 @@ class LanguageModel(L.LightningModule):
             ``coefficient × value`` to the training loss and logs ``value`` as ``moe/<name>``.
             ``train/loss`` and ``val/loss`` stay the language-model loss alone, comparable across
             variants. MoE layers also log load telemetry under ``moe/...``.
+        loss_chunk_size: compute the loss through the LM head this many tokens at a time, never
+            materialising a micro-batch's full logits (see :mod:`constellation_kit.model.chunked_loss`);
+            ``None`` computes all logits at once (fastest at small vocabularies and batches).
     """
 
     def __init__(
@@ -54,6 +60,7 @@ class LanguageModel(L.LightningModule):
         optimizer: OptimizerFactory = torch.optim.AdamW,
         scheduler: SchedulerFactory | None = None,
         balance: list[BalanceLoss] | None = None,
+        loss_chunk_size: int | None = None,
     ) -> None:
         super().__init__()
         self.network_factory = network
@@ -61,9 +68,12 @@ class LanguageModel(L.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.balance = list(balance or [])
+        self.loss_chunk_size = loss_chunk_size
         # Factories are partials, not hyperparameters: the CLI saves the full config instead.
         self.save_hyperparameters(ignore=["network", "optimizer", "scheduler", "balance"], logger=False)
         self.network: Transformer | None = None
+        self._last_batch_shape: tuple[int, int] | None = None
+        self._flops_per_token: dict[int, float] = {}
 
     def check_config(self) -> None:
         """Build the network once on the meta device (no memory, any size) and discard it.
@@ -75,7 +85,15 @@ class LanguageModel(L.LightningModule):
             self.network_factory(self.vocab_size)
 
     def configure_model(self) -> None:
-        if self.network is None:
+        if self.network is not None:
+            return
+        strategy = self._trainer.strategy if self._trainer is not None else None
+        if isinstance(strategy, FSDP2Strategy):
+            # Never whole on one device: built on meta, sharded, then only this rank's shards allocated.
+            with torch.device("meta"):
+                network = self.network_factory(self.vocab_size)
+            self.network = strategy.parallelize(network)
+        else:
             self.network = self.network_factory(self.vocab_size)
 
     def forward(
@@ -97,17 +115,46 @@ class LanguageModel(L.LightningModule):
         layout = SequenceLayout.from_document_ids(batch["document_ids"])
         return self.network(batch["tokens"], layout, embeddings=self.input_embeddings(batch))
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list[tuple[int, RouterOutput]], torch.Tensor]:
-        """The language-model loss, each MoE layer's ``(layer_index, RouterOutput)``, and the logits (B, T, V)."""
+    def _loss(
+        self, batch: dict[str, torch.Tensor]
+    ) -> tuple[torch.Tensor, list[tuple[int, RouterOutput]], torch.Tensor | None]:
+        """The language-model loss, each MoE layer's ``(layer_index, RouterOutput)``, and the logits (B, T, V).
+
+        In training with ``loss_chunk_size`` the loss is computed chunk by chunk and the logits,
+        never materialised, are ``None``.
+        """
         output = self._network_output(batch)
+        routing = moe_terms.routing_layers(output.aux)
+        if self.loss_chunk_size and self.training:
+            loss = chunked_linear_cross_entropy(
+                output.hidden, self.network.head_weight, batch["targets"], self.network.vocab_size, self.loss_chunk_size
+            )
+            return loss, routing, None
         logits = self.network.logits(output.hidden)  # (B, T, V)
         # fp32 log-softmax whatever the autocast: bf16 loses the small probabilities.
         loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE_INDEX)
-        return loss, moe_terms.routing_layers(output.aux), logits
+        return loss, routing, logits
+
+    @property
+    def flops_per_batch(self) -> float | None:
+        """Training FLOPs of the last training micro-batch on this device, for Lightning's ThroughputMonitor.
+
+        Counts active parameters, not total (an MoE token passes through k of E experts), plus
+        attention (:func:`constellation_kit.model.flops.training_flops_per_token`).
+        """
+        if self._last_batch_shape is None:
+            return None
+        batch, seq_len = self._last_batch_shape
+        if seq_len not in self._flops_per_token:
+            self._flops_per_token[seq_len] = training_flops_per_token(self.network, seq_len)
+        return batch * seq_len * self._flops_per_token[seq_len]
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | dict:
+        self._last_batch_shape = tuple(batch["tokens"].shape)
         loss, routing, _ = self._loss(batch)
-        self.log("train/loss", loss, prog_bar=True)
+        # sync_dist: the logged value is the global batch's loss at any world size (one scalar
+        # all-reduce per step, negligible beside the gradients' collectives).
+        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         if not routing:
             return loss
