@@ -171,15 +171,21 @@ class Transformer(nn.Module):
         tokens: torch.Tensor | None = None,
         layout: SequenceLayout | None = None,
         embeddings: torch.Tensor | None = None,
+        edit_embeddings: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> TransformerOutput:
         """Run the blocks over ``tokens`` (B, T), or over precomputed ``embeddings`` (B, T, d_model).
 
         ``layout`` describes packed documents; ``None`` means one document per row.
+        ``edit_embeddings`` maps the token embeddings (B, T, d_model) to the blocks' input, e.g. to
+        write encoder outputs over placeholder tokens. It runs inside this forward on purpose: under
+        FSDP2 the embedding table is only gathered while the root module's forward runs.
         """
         if embeddings is None:
             if tokens is None:
                 raise ValueError("Transformer.forward needs tokens or embeddings")
             embeddings = self.embed(tokens)
+        if edit_embeddings is not None:
+            embeddings = edit_embeddings(embeddings)
         batch, seq_len, _ = embeddings.shape
         if layout is None:
             layout = SequenceLayout.single_document(batch, seq_len, embeddings.device)

@@ -97,23 +97,30 @@ class LanguageModel(L.LightningModule):
             self.network = self.network_factory(self.vocab_size)
 
     def forward(
-        self, tokens: torch.Tensor, document_ids: torch.Tensor | None = None, embeddings: torch.Tensor | None = None
+        self,
+        tokens: torch.Tensor,
+        document_ids: torch.Tensor | None = None,
+        embeddings: torch.Tensor | None = None,
+        edit_embeddings: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """Token ids (B, T) -> logits (B, T, vocab); ``embeddings`` (B, T, d_model) replace the token embeddings."""
+        """Token ids (B, T) -> logits (B, T, vocab); ``embeddings`` (B, T, d_model) replace the token
+        embeddings, or ``edit_embeddings`` rewrites them inside the network's forward."""
         layout = None if document_ids is None else SequenceLayout.from_document_ids(document_ids)
-        return self.network.logits(self.network(tokens, layout, embeddings=embeddings).hidden)
+        output = self.network(tokens, layout, embeddings=embeddings, edit_embeddings=edit_embeddings)
+        return self.network.logits(output.hidden)
 
-    def input_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor | None:
-        """The (B, T, d_model) input embeddings of ``batch``; ``None`` means the plain token embeddings.
+    def embedding_editor(self, batch: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """How ``batch``'s token embeddings (B, T, d_model) become the network's input; ``None``: unchanged.
 
         The hook a multimodal subclass overrides to write encoder outputs over placeholder tokens.
+        It is called inside the network's forward (see :meth:`Transformer.forward`).
         """
         return None
 
     def _network_output(self, batch: dict[str, torch.Tensor]) -> TransformerOutput:
-        """The network's hidden states and aux for a batch, with :meth:`input_embeddings` as its input."""
+        """The network's hidden states and aux for a batch, its embeddings edited by :meth:`embedding_editor`."""
         layout = SequenceLayout.from_document_ids(batch["document_ids"])
-        return self.network(batch["tokens"], layout, embeddings=self.input_embeddings(batch))
+        return self.network(batch["tokens"], layout, edit_embeddings=self.embedding_editor(batch))
 
     def _loss(
         self, batch: dict[str, torch.Tensor]

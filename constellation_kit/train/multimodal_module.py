@@ -8,11 +8,12 @@
 
 Everything after the input embeddings (the blocks, the LM loss, whatever extra losses the base
 module adds) is :class:`~constellation_kit.train.LanguageModel`'s: this class only overrides how
-the input embeddings are built (:meth:`input_embeddings`), adds the optional alignment loss, and
+the input embeddings are built (:meth:`write_media`, called inside the network's forward), adds the optional alignment loss, and
 reports the grounding check at the end of each validation.
 """
 
 from collections.abc import Callable, Iterable
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -23,6 +24,7 @@ from constellation_kit.data.packing import IGNORE_INDEX
 from constellation_kit.model.balance import BalanceLoss
 from constellation_kit.model.placeholders import write_at_placeholders
 from constellation_kit.model.projector import MLPProjector
+from constellation_kit.train.strategy import FSDP2Strategy
 from constellation_kit.train.module import LanguageModel, NetworkFactory, SchedulerFactory
 
 EncoderFactory = Callable[[], nn.Module]
@@ -113,6 +115,12 @@ class MultimodalLanguageModel(LanguageModel):
         super().configure_model()
         if self.encoders is None:
             self.encoders, self.projectors = self._build_media(self.network.d_model)
+            strategy = self._trainer.strategy if self._trainer is not None else None
+            if isinstance(strategy, FSDP2Strategy):
+                # The encoders are small and built whole (identically on every rank, from the same
+                # seed); sharding them puts their gradients under FSDP's reduction like the network's.
+                for module in (*self.encoders.values(), *self.projectors.values()):
+                    strategy.shard(module)
 
     def train(self, mode: bool = True) -> "MultimodalLanguageModel":
         super().train(mode)
@@ -123,9 +131,19 @@ class MultimodalLanguageModel(LanguageModel):
 
     # -- the forward pass --------------------------------------------------------------------
 
+    def embedding_editor(self, batch: dict[str, torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+        return partial(self.write_media, batch)
+
     def input_embeddings(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Token embeddings (B, T, d_model) with each encoder's projected tokens over its placeholders."""
-        embeddings = self.network.embed(batch["tokens"])  # (B, T, D)
+        """Token embeddings (B, T, d_model) with each encoder's projected tokens over its placeholders.
+
+        For single-device use (tests, notebooks); training goes through :meth:`embedding_editor`, which
+        does the same inside the network's forward, as FSDP2 needs.
+        """
+        return self.write_media(batch, self.network.embed(batch["tokens"]))
+
+    def write_media(self, batch: dict[str, torch.Tensor], embeddings: torch.Tensor) -> torch.Tensor:
+        """``embeddings`` (B, T, d_model) with each encoder's projected tokens written over its placeholders."""
         self._alignment_pairs = []
         for modality, encoder in self.encoders.items():
             media, mask = batch.get(modality), batch.get(f"{modality}_mask")
@@ -158,7 +176,7 @@ class MultimodalLanguageModel(LanguageModel):
     def caption_choices_correct(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """For a grounding batch of N items x K candidate rows: (N,) bool, whether the item's own
         caption has the highest summed log-likelihood given the item."""
-        logits = self(batch["tokens"], batch["document_ids"], self.input_embeddings(batch))  # (N*K, T, V)
+        logits = self(batch["tokens"], batch["document_ids"], edit_embeddings=self.embedding_editor(batch))  # (N*K, T, V)
         targets = batch["targets"]
         nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
         log_likelihood = -nll.view(targets.shape).sum(dim=1).view(-1, int(batch["num_choices"]))  # (N, K)

@@ -7,6 +7,8 @@ from typing import Any
 import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import ModelParallelStrategy
+from torch.distributed.checkpoint.state_dict import _init_optim_state
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from constellation_kit.model.transformer import Transformer
 from constellation_kit.train.parallelize import materialize, parallelize
@@ -72,6 +74,24 @@ class FSDP2Strategy(ModelParallelStrategy):
         )
         materialize(network, self.root_device)
         return network
+
+    def setup_optimizers(self, trainer) -> None:
+        super().setup_optimizers(trainer)
+        # Give every parameter its optimizer state now (a zero-LR step on zero gradients, as
+        # torch's own distributed state-dict code does): a parameter that has not received a
+        # gradient yet (a ViT's class token on a text-only batch) would otherwise be missing from
+        # the checkpoint, and loading it into a fresh optimizer fails.
+        for optimizer in self.optimizers:
+            _init_optim_state(optimizer)
+
+    def shard(self, module: torch.nn.Module) -> torch.nn.Module:
+        """``fully_shard`` an already-built module (e.g. an encoder) with the same mesh and precision."""
+        policy = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16 if self.mixed_precision else None,
+            reduce_dtype=torch.float32 if self.mixed_precision else None,
+        )
+        fully_shard(module, mesh=self.device_mesh["data_parallel"], mp_policy=policy)
+        return module
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None) -> None:
         if not self._save_distributed_checkpoint:
