@@ -27,8 +27,12 @@ def command(*args: str) -> list[str]:
 
 
 def environment() -> dict[str, str]:
-    # The checkout under test, and tests/ for the test-only callbacks that recipes name.
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
+    # A fresh launch: no rendezvous or rank variables left in this process by earlier in-process
+    # runs (Lightning writes MASTER_PORT and friends into os.environ), or every 2-process run would
+    # reuse one port. The checkout under test, and tests/ for the test-only callbacks recipes name.
+    stale = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK"}
+    env = {k: v for k, v in os.environ.items() if k not in stale and not k.startswith("PL_")}
+    return {**env, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
 
 
 def run(cwd: Path, *args: str) -> None:
