@@ -16,11 +16,19 @@ class ManifestItem:
     modality: str
     text: str
     path: str | None = None
+    name: str | None = None
+    """The media path as the manifest wrote it (relative to the manifest)."""
 
     @property
     def id(self) -> str:
-        """Stable id for splitting: the media path, or the text itself for text-only lines."""
-        return self.path if self.path is not None else self.text
+        """Stable id for splitting: the media path as written in the manifest, or the text of a text-only line.
+
+        Not the resolved path: that depends on where the data sits, and the train/validation split
+        must not change when a dataset is moved or copied to another machine.
+        """
+        if self.path is None:
+            return self.text
+        return self.name if self.name is not None else self.path
 
 
 def read_manifest(path: str | Path) -> list[ManifestItem]:
@@ -47,7 +55,8 @@ def read_manifest(path: str | Path) -> list[ManifestItem]:
         if len(media) > 1:
             raise ConfigError(f"{path}:{number}: one line pairs text with one image or one audio file, not both")
         if media:
-            items.append(ManifestItem(media[0], record["text"], str((path.parent / record[media[0]]).resolve())))
+            written = record[media[0]]
+            items.append(ManifestItem(media[0], record["text"], str((path.parent / written).resolve()), written))
         else:
             items.append(ManifestItem("text", record["text"]))
     return items
