@@ -308,16 +308,8 @@ class MultimodalDataModule(TextDataModule):
         sampler = ResumableSampler(len(self.val_dataset), seed=self.seed, rank=rank, world_size=world_size)
         return self._loader(self.val_dataset, sampler, drop_last=False)
 
-    def _loader(self, dataset: MixedDataset, sampler: ResumableSampler, drop_last: bool) -> DataLoader:
-        return DataLoader(
-            dataset,
-            batch_size=self.micro_batch_size,
-            sampler=sampler,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=partial(collate_mixed, modalities=("image", "audio"), blanks=self._blanks()),
-        )
+    def _collate_fn(self):
+        return partial(collate_mixed, modalities=("image", "audio"), blanks=self._blanks())
 
     def grounding_dataloader(self, modality: str, items_per_batch: int = 16) -> DataLoader | None:
         """Batches of grounding questions for ``modality`` (``None`` when there are none)."""

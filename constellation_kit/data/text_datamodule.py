@@ -199,7 +199,11 @@ class TextDataModule(L.LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
-    def _loader(self, dataset: PackedDataset, sampler: ResumableSampler, drop_last: bool) -> DataLoader:
+    def _collate_fn(self):
+        """How items become a batch; ``None`` is PyTorch's default stacking. Subclasses with media override it."""
+        return None
+
+    def _loader(self, dataset, sampler: ResumableSampler, drop_last: bool) -> DataLoader:
         return DataLoader(
             dataset,
             batch_size=self.micro_batch_size,
@@ -207,6 +211,7 @@ class TextDataModule(L.LightningDataModule):
             drop_last=drop_last,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
+            collate_fn=self._collate_fn(),
         )
 
     # -- resume ------------------------------------------------------------------------------
