@@ -1,5 +1,6 @@
 """The console script, driven in-process exactly as a user types it."""
 
+import json
 from pathlib import Path
 
 import mlflow
@@ -79,6 +80,16 @@ class StopAtStep(Callback):
     def on_train_batch_end(self, trainer: Trainer, *args) -> None:
         if trainer.global_step >= self.step:
             trainer.should_stop = True
+
+
+class RecordMediaCounts(Callback):
+    """Appends ``{"rank", "step", "image", "audio"}`` (items in each training micro-batch) to ``media_counts.jsonl``."""
+
+    def on_train_batch_start(self, trainer: Trainer, pl_module, batch: dict, batch_idx: int) -> None:
+        row = {"rank": trainer.global_rank, "step": trainer.global_step,
+               **{m: int(batch[m].shape[0]) for m in ("image", "audio") if m in batch}}
+        with open("media_counts.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
 
 
 def test_fit_two_steps_then_resume_continues_exactly(in_tmp_dir: Path) -> None:

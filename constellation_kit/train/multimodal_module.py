@@ -18,6 +18,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed.fsdp import FSDPModule
 from torch.optim import Optimizer
 
 from constellation_kit.data.packing import IGNORE_INDEX
@@ -60,6 +61,7 @@ class MultimodalLanguageModel(LanguageModel):
         alignment_loss: an extra loss on (media, text) embedding pairs, e.g.
             :class:`~constellation_kit.train.InfoNCEAlignment`; ``None`` disables it.
         alignment_weight: its coefficient in the training loss.
+        loss_chunk_size: as in :class:`LanguageModel`: the LM head and loss this many tokens at a time.
     """
 
     def __init__(
@@ -77,8 +79,9 @@ class MultimodalLanguageModel(LanguageModel):
         freeze_audio_encoder: bool = False,
         alignment_loss: nn.Module | None = None,
         alignment_weight: float = 0.1,
+        loss_chunk_size: int | None = None,
     ) -> None:
-        super().__init__(network, vocab_size, optimizer, scheduler, balance)
+        super().__init__(network, vocab_size, optimizer, scheduler, balance, loss_chunk_size)
         self.encoder_factories = {"image": vision_encoder, "audio": audio_encoder}
         self.projector_factories = {"image": vision_projector, "audio": audio_projector}
         self.frozen = {"image": freeze_vision_encoder, "audio": freeze_audio_encoder}
@@ -148,6 +151,8 @@ class MultimodalLanguageModel(LanguageModel):
         for modality, encoder in self.encoders.items():
             media, mask = batch.get(modality), batch.get(f"{modality}_mask")
             if media is None or mask is None or (media.shape[0] == 0 and not mask.any()):
+                if isinstance(encoder, FSDPModule) and media is not None:
+                    embeddings = embeddings + self._idle_encoder_term(modality, media, embeddings)
                 continue
             with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen[modality]):
                 encoded = encoder(media)  # (M, N, E)
@@ -160,6 +165,20 @@ class MultimodalLanguageModel(LanguageModel):
                 self._alignment_pairs.append((projected.mean(dim=1), text))
             embeddings = write_at_placeholders(embeddings, mask, projected, modality)
         return embeddings
+
+    def _idle_encoder_term(self, modality: str, media: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """Zero, computed by running the encoder and projector on one blank item (shape (1, *item)).
+
+        Under FSDP2 every rank must run every sharded module each step: its forward all-gathers the
+        parameters and its backward reduce-scatters the gradients, collectives all ranks join. A rank
+        whose micro-batch holds no item of this modality would skip them and hang the others; instead
+        it encodes a blank and adds ``0 x`` the result, so its gradients are exact zeros and the
+        collectives line up (DeepSpeed ZeRO-3 users of LLaVA-style models do the same).
+        """
+        blank = media.new_zeros((1, *media.shape[1:]))
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen[modality]):
+            encoded = self.encoders[modality](blank)  # (1, N, E)
+        return 0.0 * self.projectors[modality](encoded).sum().to(embeddings.dtype)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list, torch.Tensor]:
         loss, routing, logits = super()._loss(batch)
