@@ -51,7 +51,8 @@ class MultimodalDataModule(TextDataModule):
     generated pictures and sounds are written to the cache and read back like a user's files.
 
     Every media file is decoded once in :meth:`setup`; a missing, unreadable or corrupt one is
-    skipped, counted by reason in :attr:`skipped` and logged; the run goes on. A file that breaks
+    skipped, counted by reason in :attr:`skipped`, logged, and sent to the trainer's loggers as
+    ``data/skipped_items``; the run goes on. A file that breaks
     after that scan is replaced by a blank whose caption is not trained on (counted too).
 
     Validation also holds multiple-choice grounding questions (:meth:`grounding_dataloader`): for
@@ -205,6 +206,21 @@ class MultimodalDataModule(TextDataModule):
             log.warning("skipped %d media files (%s); first: %s", sum(self.skipped.values()), counts, "; ".join(first))
         return usable
 
+    def _log_skipped(self) -> None:
+        """Send the setup scan's skip counts to the run's loggers (MLflow), not only to the console.
+
+        ``data/skipped_items`` is the total (0 too, so a clean run says so) and
+        ``data/skipped_<reason>`` each reason's share, at step 0. Without a trainer or logger (a
+        DataModule used on its own) there is nowhere to send them.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return
+        metrics = {"data/skipped_items": float(sum(self.skipped.values()))}
+        metrics.update({f"data/skipped_{reason}": float(n) for reason, n in sorted(self.skipped.items())})
+        for logger in trainer.loggers:  # rank-zero only inside Lightning's loggers
+            logger.log_metrics(metrics, step=0)
+
     # -- splits --------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
@@ -215,6 +231,7 @@ class MultimodalDataModule(TextDataModule):
         if self.train_dataset is not None or self.val_dataset is not None:
             return
         media = self._usable([item for item in self.items if item.modality != "text"])
+        self._log_skipped()
         placeholder_ids, eos = self.placeholder_ids, self.eos_id
         splits = {"train": [], "val": []}
         for item in media:

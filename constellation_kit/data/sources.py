@@ -6,6 +6,7 @@ import sysconfig
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 
@@ -56,7 +57,13 @@ class PythonStdlibSource(DocumentSource):
         self.max_bytes_per_document = max_bytes_per_document
         self.root = Path(sysconfig.get_paths()["stdlib"])
 
+    @cached_property
     def _files(self) -> list[Path]:
+        """The chosen files, relative to :attr:`root`, in hash order.
+
+        Walked once per instance: :meth:`fingerprint` and :meth:`documents` both need the list,
+        and a walk of the standard library takes over a second.
+        """
         files = []
         for path in self.root.rglob("*.py"):
             relative = path.relative_to(self.root)
@@ -70,11 +77,11 @@ class PythonStdlibSource(DocumentSource):
         return files[: self.max_documents] if self.max_documents is not None else files
 
     def documents(self) -> Iterator[Document]:
-        for relative in self._files():
+        for relative in self._files:
             raw = (self.root / relative).read_bytes()[: self.max_bytes_per_document]
             yield Document(id=relative.as_posix(), text=raw.decode("utf-8", errors="replace"))
 
     def fingerprint(self) -> str:
-        listing = "\n".join(f"{p.as_posix()}:{(self.root / p).stat().st_size}" for p in self._files())
+        listing = "\n".join(f"{p.as_posix()}:{(self.root / p).stat().st_size}" for p in self._files)
         key = f"stdlib-{sys.version_info[:3]}-{self.max_bytes_per_document}\n{listing}"
         return hashlib.sha256(key.encode()).hexdigest()[:16]

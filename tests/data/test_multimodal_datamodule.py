@@ -131,3 +131,34 @@ def test_builtin_data_is_written_to_files_and_read_back(tmp_path: Path) -> None:
     assert items[0].text.startswith("a ") and not dm.skipped
     audio = next(i for i in items if i.modality == "audio")
     assert soundfile.info(audio.path).samplerate == 16_000
+
+
+class RecordingLogger:
+    """Stands in for the MLflow logger: keeps what ``log_metrics`` was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[dict[str, float], int | None]] = []
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        self.calls.append((metrics, step))
+
+
+def test_skip_counts_reach_the_trainers_loggers(tmp_path: Path) -> None:
+    lines = []
+    for i in range(6):
+        Image.new("RGB", (20, 20), (i * 40, 0, 0)).save(tmp_path / f"img{i}.jpg")
+        lines.append({"image": f"img{i}.jpg", "text": f"red level {i}"})
+        lines.append({"text": f"just some text number {i} " * 4})
+    jpeg = (tmp_path / "img0.jpg").read_bytes()
+    (tmp_path / "broken.jpg").write_bytes(jpeg[: len(jpeg) // 3])
+    lines.append({"image": "broken.jpg", "text": "corrupt"})
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dm = datamodule(manifest=str(manifest))
+    logger = RecordingLogger()
+    dm.trainer = type("Trainer", (), {"loggers": [logger]})()
+    dm.setup("fit")
+    assert logger.calls == [({"data/skipped_items": 1.0, "data/skipped_corrupt": 1.0}, 0)]
+    dm.setup("validate")  # already set up: not counted or logged twice
+    assert len(logger.calls) == 1
+

@@ -31,3 +31,28 @@ def test_norms_biases_and_embeddings_are_not_decayed() -> None:
         "lm_head.weight",
     }
     assert len(decayed) + len(not_decayed) == len(list(model.parameters()))
+
+
+def test_a_timm_backbones_declared_exemptions_are_not_decayed() -> None:
+    import timm
+    from torch import nn
+
+    class Wrapper(nn.Module):  # the backbone deep in the tree, as in the vision encoder
+        def __init__(self) -> None:
+            super().__init__()
+            self.backbone = timm.create_model(
+                "vit_tiny_patch16_224", img_size=32, patch_size=8, depth=1, embed_dim=32, num_heads=2,
+                reg_tokens=2, pretrained=False, num_classes=0,
+            )
+            self.head = nn.Linear(32, 8)
+
+    model = Wrapper()
+    decay, no_decay = weight_decay_groups(model)
+    names = {id(p): n for n, p in model.named_parameters()}
+    decayed = {names[id(p)] for p in decay["params"]}
+    not_decayed = {names[id(p)] for p in no_decay["params"]}
+    # 3-D, so only the backbone's own no_weight_decay() keeps them out of decay.
+    assert {"backbone.pos_embed", "backbone.cls_token", "backbone.reg_token"} <= not_decayed
+    assert "head.weight" in decayed and "backbone.blocks.0.attn.qkv.weight" in decayed
+    assert "backbone.patch_embed.proj.weight" in decayed
+    assert len(decayed) + len(not_decayed) == len(list(model.parameters()))
