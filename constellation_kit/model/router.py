@@ -38,7 +38,7 @@ class RouterOutput:
     tokens_per_expert_E: torch.Tensor
     """Token copies routed to each expert (int64, no gradient): the load, before any capacity drop."""
     router_weight: torch.Tensor
-    """The (E, D) router matrix itself, so a weight penalty needs no handle on the module."""
+    """A copy of the (E, D) router matrix, with gradient, so a weight penalty needs no handle on the module."""
     dropped_fraction: torch.Tensor | None = None
     """Fraction of token copies dropped by a capacity limit; set by the dispatcher (0 when dropless)."""
 
@@ -121,5 +121,7 @@ class TopKRouter(nn.Module):
             weights_TK=weights_TK,
             experts_TK=experts_TK,
             tokens_per_expert_E=tokens_per_expert_E,
-            router_weight=self.weight,
+            # A copy: a sharding wrapper (FSDP2) frees the gathered weight once this block's forward
+            # ends, and a penalty computed from it after that would read freed memory. (E x D: small.)
+            router_weight=self.weight.clone(),
         )

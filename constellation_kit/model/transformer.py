@@ -71,10 +71,17 @@ class Block(nn.Module):
         self.feed_forward = feed_forward(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, layout: SequenceLayout, aux: list[tuple[int, Any]]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: SequenceLayout) -> tuple[torch.Tensor, list[tuple[int, Any]]]:
+        """(B, T, d_model) -> the same shape, and the ``(layer_index, aux)`` its sublayers reported.
+
+        The aux entries are returned, not appended to a list the caller passes in: wrappers such as
+        FSDP2 rebuild a module's input containers (moving tensors to the device), so appends to an
+        argument would land in a copy and be lost.
+        """
+        aux: list[tuple[int, Any]] = []
         x = x + self.dropout(self._collect(self.attention(self.attention_norm(x), layout), aux))
         x = x + self.dropout(self._collect(self.feed_forward(self.feed_forward_norm(x)), aux))
-        return x
+        return x, aux
 
     def _collect(self, out: torch.Tensor | tuple[torch.Tensor, Any], aux: list[tuple[int, Any]]) -> torch.Tensor:
         if isinstance(out, tuple):
@@ -192,7 +199,8 @@ class Transformer(nn.Module):
         x = self.embedding_dropout(embeddings)
         aux: list[tuple[int, Any]] = []
         for block in self.blocks:
-            x = block(x, layout, aux)
+            x, block_aux = block(x, layout)
+            aux.extend(block_aux)
         return TransformerOutput(hidden=self.final_norm(x), aux=aux)
 
     @property

@@ -10,7 +10,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
-from constellation_kit.model import GroupedQueryAttention, SwiGLU, Transformer
+from constellation_kit.model import GroupedQueryAttention, MoEFeedForward, RouterL2Penalty, RouterZLoss, SwiGLU, Transformer
+from constellation_kit.train.moe_terms import routing_layers
 from constellation_kit.train.parallelize import materialize, parallelize
 
 
@@ -69,3 +70,55 @@ def free_port() -> int:
 @pytest.mark.parametrize("activation_checkpointing", [False, True])
 def test_sharded_network_matches_single_process_init_and_gradients(activation_checkpointing: bool) -> None:
     mp.spawn(_shard_and_compare, args=(2, free_port(), activation_checkpointing), nprocs=2, join=True)
+
+
+def make_moe_network() -> Transformer:
+    return Transformer(
+        100,
+        d_model=32,
+        n_layers=2,
+        attention=partial(GroupedQueryAttention, n_heads=4, n_kv_heads=2),
+        moe=partial(MoEFeedForward, num_experts=4, expert_hidden_dim=16),
+        moe_every=1,
+        tie_embeddings=True,
+    )
+
+
+def moe_loss_of(network: Transformer, tokens: torch.Tensor) -> torch.Tensor:
+    """LM loss plus the router terms that average exactly over equal shards: the weight's L2 and the z-loss."""
+    output = network(tokens[:, :-1])
+    routing = routing_layers(output.aux)
+    assert [index for index, _ in routing] == [0, 1]  # every MoE layer's router output reached the caller
+    lm = F.cross_entropy(network.logits(output.hidden).flatten(0, 1), tokens[:, 1:].flatten())
+    return lm + RouterL2Penalty(1e-2).value(routing) * 1e-2 + RouterZLoss(1e-2).value(routing) * 1e-2
+
+
+def _shard_moe_and_compare(rank: int, world_size: int, port: int) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        from torch.distributed.device_mesh import init_device_mesh
+
+        with torch.device("meta"):
+            sharded, reference = make_moe_network(), make_moe_network()
+        parallelize(sharded, init_device_mesh("cpu", (world_size,)), activation_checkpointing=True,
+                    param_dtype=None, reduce_dtype=None)
+        for network in (sharded, reference):
+            torch.manual_seed(1)
+            materialize(network, "cpu")
+        tokens = torch.randint(0, 100, (4, 9), generator=torch.Generator().manual_seed(5))
+        per_rank = len(tokens) // world_size
+        moe_loss_of(sharded, tokens[rank * per_rank : (rank + 1) * per_rank]).backward()
+        moe_loss_of(reference, tokens).backward()
+        for (name, p), q in zip(sharded.named_parameters(), reference.parameters()):
+            torch.testing.assert_close(p.grad.full_tensor(), q.grad, rtol=1e-5, atol=1e-6, msg=name)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_sharded_moe_network_returns_router_outputs_and_their_gradients_match() -> None:
+    # The router terms read the router weight and logits inside each block's forward; under FSDP2 the
+    # blocks' outputs are the only way out (it rebuilds their input containers), and the weight must
+    # be read while it is gathered (it is freed after the block's forward). Gradients of both terms
+    # must equal the unsharded network's.
+    mp.spawn(_shard_moe_and_compare, args=(2, free_port()), nprocs=2, join=True)
