@@ -96,7 +96,8 @@ class MultimodalLanguageModel(LanguageModel):
 
     # -- building ----------------------------------------------------------------------------
 
-    def _build_media(self, d_model: int) -> tuple[nn.ModuleDict, nn.ModuleDict]:
+    def build_media(self, d_model: int) -> tuple[nn.ModuleDict, nn.ModuleDict]:
+        """Fresh encoders and their projectors into ``d_model``, by modality (on the current default device)."""
         encoders, projectors = nn.ModuleDict(), nn.ModuleDict()
         for modality, factory in self.encoder_factories.items():
             if factory is None:
@@ -112,12 +113,12 @@ class MultimodalLanguageModel(LanguageModel):
         """Build network, encoders and projectors once on the meta device (raises their ConfigErrors)."""
         with torch.device("meta"):
             network = self.network_factory(self.vocab_size)
-            self._build_media(network.d_model)
+            self.build_media(network.d_model)
 
     def configure_model(self) -> None:
         super().configure_model()
         if self.encoders is None:
-            self.encoders, self.projectors = self._build_media(self.network.d_model)
+            self.encoders, self.projectors = self.build_media(self.network.d_model)
             strategy = self._trainer.strategy if self._trainer is not None else None
             if isinstance(strategy, FSDP2Strategy):
                 # The encoders are small and built whole (identically on every rank, from the same
