@@ -7,6 +7,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "recipes" / "tiny.yaml")
+XL = str(REPO / "recipes" / "xl.yaml")
+
+
+def variant_base(variant: Path) -> str:
+    """The recipe a variant stacks on: tiny, except the xl-* variants, which shrink xl."""
+    return XL if variant.name.startswith("xl-") else TINY
 
 SMALL_DATA = [
     # A few dozen stdlib files and a 512-token vocabulary: seconds to tokenise, enough windows.

@@ -9,7 +9,7 @@ import yaml
 from lightning.pytorch import Callback, Trainer
 
 from constellation_kit.cli import COMMANDS, Command, ConstellationCLI, main
-from conftest import REPO, SMALL_DATA, TINY
+from conftest import REPO, SMALL_DATA, TINY, variant_base
 
 RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml"))
 VARIANTS = sorted((REPO / "recipes" / "variants").glob("*.yaml"))
@@ -32,8 +32,8 @@ def test_every_recipe_parses(recipe: Path, capsys: pytest.CaptureFixture) -> Non
 
 
 @pytest.mark.parametrize("variant", VARIANTS, ids=lambda p: p.name)
-def test_every_variant_stacks_on_tiny(variant: Path, capsys: pytest.CaptureFixture) -> None:
-    assert print_config(capsys, TINY, variant)["model"]
+def test_every_variant_stacks_on_its_base(variant: Path, capsys: pytest.CaptureFixture) -> None:
+    assert print_config(capsys, variant_base(variant), variant)["model"]
 
 
 @pytest.mark.parametrize("preset", CALLBACK_PRESETS, ids=lambda p: p.name)

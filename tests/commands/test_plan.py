@@ -5,12 +5,11 @@ import torch
 
 from constellation_kit.cli import main
 from constellation_kit.model import AudioEncoder, MLPProjector, TimmVisionEncoder
-from conftest import REPO, TINY
+from conftest import REPO, TINY, XL, variant_base
 
-XL = str(REPO / "recipes" / "xl.yaml")
 TEXT_ONLY = f"--config={REPO / 'recipes' / 'variants' / 'text-only.yaml'}"
 RECIPES = [[f"--config={REPO / 'recipes' / name}"] for name in ("tiny.yaml", "small.yaml", "xl.yaml")] + [
-    [f"--config={TINY}", f"--config={variant}"] for variant in sorted((REPO / "recipes" / "variants").glob("*.yaml"))
+    [f"--config={variant_base(variant)}", f"--config={variant}"] for variant in sorted((REPO / "recipes" / "variants").glob("*.yaml"))
 ]
 
 
