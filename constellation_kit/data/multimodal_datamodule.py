@@ -126,6 +126,12 @@ class MultimodalDataModule(TextDataModule):
 
     def _manifest_path(self) -> Path:
         if self.manifest is not None:
+            if not Path(self.manifest).is_file():
+                raise ConfigError(
+                    f"manifest {self.manifest!r} does not exist (relative paths start from {Path.cwd()}): point "
+                    "data.init_args.manifest at your JSONL manifest (docs/multimodal.md), or set it to null for "
+                    "the built-in generated data"
+                )
             return Path(self.manifest)
         return generated_media.generate(self.cache_dir / "media", self.builtin_images, self.builtin_audio, self.seed)
 

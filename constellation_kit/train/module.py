@@ -53,6 +53,9 @@ class LanguageModel(L.LightningModule):
             ``None`` computes all logits at once (fastest at small vocabularies and batches).
     """
 
+    not_hyperparameters: tuple[str, ...] = ("network", "optimizer", "scheduler", "balance")
+    """Constructor arguments that are factories or modules, left out of ``hparams``."""
+
     def __init__(
         self,
         network: NetworkFactory,
@@ -69,8 +72,9 @@ class LanguageModel(L.LightningModule):
         self.scheduler_factory = scheduler
         self.balance = list(balance or [])
         self.loss_chunk_size = loss_chunk_size
-        # Factories are partials, not hyperparameters: the CLI saves the full config instead.
-        self.save_hyperparameters(ignore=["network", "optimizer", "scheduler", "balance"], logger=False)
+        # Factories and modules are not hyperparameters: the CLI saves the full config instead. Lightning
+        # collects a subclass's arguments here too, so a subclass names its own in `not_hyperparameters`.
+        self.save_hyperparameters(ignore=list(self.not_hyperparameters), logger=False)
         self.network: Transformer | None = None
         self._last_batch_shape: tuple[int, int] | None = None
         self._flops_per_token: dict[int, float] = {}

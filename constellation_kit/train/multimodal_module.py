@@ -64,6 +64,9 @@ class MultimodalLanguageModel(LanguageModel):
         loss_chunk_size: as in :class:`LanguageModel`: the LM head and loss this many tokens at a time.
     """
 
+    not_hyperparameters = (*LanguageModel.not_hyperparameters, "vision_encoder", "audio_encoder", "vision_projector",
+                           "audio_projector", "alignment_loss")
+
     def __init__(
         self,
         network: NetworkFactory,
@@ -87,9 +90,6 @@ class MultimodalLanguageModel(LanguageModel):
         self.frozen = {"image": freeze_vision_encoder, "audio": freeze_audio_encoder}
         self.alignment_loss = alignment_loss
         self.alignment_weight = alignment_weight
-        factories = ["network", "optimizer", "scheduler", "balance", "vision_encoder", "audio_encoder", "vision_projector",
-                     "audio_projector", "alignment_loss"]
-        self.save_hyperparameters(ignore=factories, logger=False)
         self.encoders: nn.ModuleDict | None = None
         self.projectors: nn.ModuleDict | None = None
         self._alignment_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []

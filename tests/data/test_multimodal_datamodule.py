@@ -14,6 +14,7 @@ from constellation_kit.data.multimodal_datamodule import AUDIO_TOKEN, IMAGE_TOKE
 from constellation_kit.data.packing import IGNORE_INDEX
 from constellation_kit.data.sampler import ResumableSampler
 from constellation_kit.data.tokenizer import END_OF_TEXT
+from constellation_kit.errors import ConfigError
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}
 
@@ -162,3 +163,10 @@ def test_skip_counts_reach_the_trainers_loggers(tmp_path: Path) -> None:
     dm.setup("validate")  # already set up: not counted or logged twice
     assert len(logger.calls) == 1
 
+
+
+def test_a_missing_manifest_is_a_config_error_naming_it(tmp_path: Path) -> None:
+    missing = tmp_path / "corpus" / "manifest.jsonl"
+    datamodule = MultimodalDataModule(source=None, manifest=str(missing), cache_dir=str(tmp_path / "cache"))
+    with pytest.raises(ConfigError, match=r"manifest .*corpus/manifest.jsonl' does not exist.*data.init_args.manifest"):
+        datamodule.vocab_size  # what the CLI asks first: the tokenizer's cache is keyed on the manifest
