@@ -77,6 +77,10 @@ class MultimodalDataModule(TextDataModule):
         audio_seconds: clips are cropped (training: at a random offset) or zero-padded to this.
         caption_choices: candidates per grounding question.
         grounding_items: at most this many grounding questions per modality.
+        scan_media: decode every media file once in :meth:`setup` and drop the bad ones before
+            packing. ``False`` skips the scan (a corpus of millions of files, where every rank would
+            spend hours decoding): a bad file is then found when it is loaded, becomes a blank whose
+            caption is not trained on, and is counted the same way.
         (the rest as in :class:`TextDataModule`)
     """
 
@@ -96,6 +100,7 @@ class MultimodalDataModule(TextDataModule):
         audio_seconds: float = 10.0,
         caption_choices: int = 4,
         grounding_items: int = 200,
+        scan_media: bool = True,
         seq_len: int = 256,
         global_batch_size: int = 32,
         val_fraction: float = 0.05,
@@ -116,6 +121,7 @@ class MultimodalDataModule(TextDataModule):
         self.num_placeholders = {"image": image_tokens, "audio": audio_tokens}
         self.audio_samples = clip_samples(audio_seconds)
         self.caption_choices, self.grounding_items = caption_choices, grounding_items
+        self.scan_media = scan_media
         self.skipped: Counter = Counter()
         """Media files skipped, by reason (``missing``, ``unreadable``, ``corrupt``)."""
         self._items: list[ManifestItem] | None = None
@@ -236,7 +242,9 @@ class MultimodalDataModule(TextDataModule):
     def setup(self, stage: str) -> None:
         if self.train_dataset is not None or self.val_dataset is not None:
             return
-        media = self._usable([item for item in self.items if item.modality != "text"])
+        media = [item for item in self.items if item.modality != "text"]
+        if self.scan_media:
+            media = self._usable(media)
         self._log_skipped()
         placeholder_ids, eos = self.placeholder_ids, self.eos_id
         splits = {"train": [], "val": []}

@@ -170,3 +170,13 @@ def test_a_missing_manifest_is_a_config_error_naming_it(tmp_path: Path) -> None:
     datamodule = MultimodalDataModule(source=None, manifest=str(missing), cache_dir=str(tmp_path / "cache"))
     with pytest.raises(ConfigError, match=r"manifest .*corpus/manifest.jsonl' does not exist.*data.init_args.manifest"):
         datamodule.vocab_size  # what the CLI asks first: the tokenizer's cache is keyed on the manifest
+
+
+def test_without_the_scan_bad_files_become_blanks_when_loaded(user_manifest: Path) -> None:
+    dm = datamodule(manifest=str(user_manifest), scan_media=False)
+    dm.setup("fit")
+    assert sum(dm.skipped.values()) == 0  # nothing decoded at setup
+    for split in (dm.train_dataset, dm.val_dataset):
+        for index in range(len(split)):
+            split[index]  # every example loads; the three bad files come back as blanks
+    assert dict(dm.skipped) == {"corrupt": 2, "missing": 1}
