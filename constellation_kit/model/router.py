@@ -121,5 +121,7 @@ class TopKRouter(nn.Module):
             weights_TK=weights_TK,
             experts_TK=experts_TK,
             tokens_per_expert_E=tokens_per_expert_E,
-            router_weight=self.weight,
+            # A copy, not the parameter: under FSDP2 ``self.weight`` is the gathered parameter, whose
+            # storage is freed when the block's forward ends, before the loss reads it (a segfault).
+            router_weight=self.weight.clone(),
         )

@@ -51,6 +51,22 @@ class TransformerOutput:
     aux: list[tuple[int, Any]] = field(default_factory=list)
 
 
+class AuxSink:
+    """Collects the blocks' ``(layer_index, aux)`` entries during one forward pass.
+
+    Not a ``list`` on purpose: FSDP2's pre-forward hook rebuilds a block's arguments with
+    ``tree_flatten``/``tree_unflatten``, so a list argument reaches the block as a copy and its
+    appends are lost (every MoE layer's routing vanished under ``FSDP2Strategy``). A plain object is
+    a pytree leaf and arrives as itself.
+    """
+
+    def __init__(self) -> None:
+        self.entries: list[tuple[int, Any]] = []
+
+    def append(self, entry: tuple[int, Any]) -> None:
+        self.entries.append(entry)
+
+
 class Block(nn.Module):
     """One pre-norm transformer block: (B, T, d_model) -> (B, T, d_model)."""
 
@@ -71,12 +87,12 @@ class Block(nn.Module):
         self.feed_forward = feed_forward(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, layout: SequenceLayout, aux: list[tuple[int, Any]]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: SequenceLayout, aux: AuxSink) -> torch.Tensor:
         x = x + self.dropout(self._collect(self.attention(self.attention_norm(x), layout), aux))
         x = x + self.dropout(self._collect(self.feed_forward(self.feed_forward_norm(x)), aux))
         return x
 
-    def _collect(self, out: torch.Tensor | tuple[torch.Tensor, Any], aux: list[tuple[int, Any]]) -> torch.Tensor:
+    def _collect(self, out: torch.Tensor | tuple[torch.Tensor, Any], aux: AuxSink) -> torch.Tensor:
         if isinstance(out, tuple):
             out, extra = out
             aux.append((self.layer_index, extra))
@@ -190,10 +206,10 @@ class Transformer(nn.Module):
         if layout is None:
             layout = SequenceLayout.single_document(batch, seq_len, embeddings.device)
         x = self.embedding_dropout(embeddings)
-        aux: list[tuple[int, Any]] = []
+        aux = AuxSink()
         for block in self.blocks:
             x = block(x, layout, aux)
-        return TransformerOutput(hidden=self.final_norm(x), aux=aux)
+        return TransformerOutput(hidden=self.final_norm(x), aux=aux.entries)
 
     @property
     def head_weight(self) -> torch.Tensor:
