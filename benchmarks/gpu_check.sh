@@ -3,10 +3,9 @@
 #   bash benchmarks/gpu_check.sh              # the real check (needs CUDA)
 #   bash benchmarks/gpu_check.sh --cpu-smoke  # the same steps with a tiny model on CPU, to test the script
 # Parts: (a) environment; (b) benchmarks/attention.py --gpu; (c) `plan` on the ~1B-active config;
-# (d) 40 steps of that config through the real CLI with FSDP2 + compile (activation checkpointing
-# only as a retry),
-# bf16, ThroughputMonitor; (e) tokens/s/GPU and MFU read back from MLflow. Every part runs even if an
-# earlier one failed; failures are listed at the end and the exit status is nonzero.
+# (d) 40 steps of that config through the real CLI, bf16, FSDP2 + compile, ThroughputMonitor (retried
+# with activation checkpointing if it fails); (e) tokens/s/GPU and MFU read back from MLflow. Every
+# part runs even if an earlier one failed; failures are listed at the end and the exit is nonzero.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
