@@ -77,16 +77,25 @@ def test_sigkill_mid_training_then_resume_reproduces_the_straight_run(in_tmp_dir
     assert resumed == straight  # bitwise on CPU: same data order, RNG, optimizer and schedule
 
 
+# The balance terms that are means over tokens (z-loss) or batch-free (router L2): their value on the
+# global batch is the mean of the ranks' values. The Switch loss is a product of batch means, so
+# each rank's differs from the whole batch's, and the objective itself would change with world size.
+WORLD_SIZE_FREE_BALANCE = ('--model.init_args.balance=[{"class_path": "constellation_kit.model.RouterZLoss"}, '
+                           '{"class_path": "constellation_kit.model.RouterL2Penalty"}]')
+
+
 @pytest.mark.parametrize("first, second", [(2, 1), (1, 2)], ids=["2-to-1", "1-to-2"])
 def test_sharded_checkpoint_resumes_at_another_world_size(first: int, second: int, in_tmp_dir: Path) -> None:
-    straight = ["--trainer.max_steps=4", *FSDP2, *TEXT_ONLY, *CHECKPOINT_EVERY_STEP]
+    straight = ["--trainer.max_steps=4", *FSDP2, *TEXT_ONLY, *CHECKPOINT_EVERY_STEP, WORLD_SIZE_FREE_BALANCE]
     run(in_tmp_dir, *straight, f"--trainer.devices={first}", "--trainer.logger.init_args.run_name=straight")
-    run(in_tmp_dir, "--trainer.max_steps=4", *FSDP2, *TEXT_ONLY, *CHECKPOINT_EVERY_STEP, f"--trainer.devices={first}",
+    run(in_tmp_dir, "--trainer.max_steps=4", *FSDP2, *TEXT_ONLY, *CHECKPOINT_EVERY_STEP, WORLD_SIZE_FREE_BALANCE,
+        f"--trainer.devices={first}",
         "--trainer.logger.init_args.run_name=moved",
         '--trainer.callbacks+={"class_path": "test_cli.StopAtStep", "init_args": {"step": 2}}')
     checkpoint = next((in_tmp_dir / "runs" / "tiny" / "moved").glob("*/checkpoints/last.ckpt"))
     assert checkpoint.is_dir() and (checkpoint / ".metadata").is_file()  # a sharded (DCP) checkpoint
-    run(in_tmp_dir, "--trainer.max_steps=4", *FSDP2, *TEXT_ONLY, *CHECKPOINT_EVERY_STEP, f"--trainer.devices={second}",
+    run(in_tmp_dir, "--trainer.max_steps=4", *FSDP2, *TEXT_ONLY, *CHECKPOINT_EVERY_STEP, WORLD_SIZE_FREE_BALANCE,
+        f"--trainer.devices={second}",
         "--trainer.logger.init_args.run_name=moved", "--ckpt_path=last")
     expected, moved = losses(in_tmp_dir, "straight"), losses(in_tmp_dir, "moved")
     assert sorted(moved) == [0, 1, 2, 3]
@@ -99,7 +108,7 @@ def test_multimodal_fsdp2_trains_when_one_rank_lacks_a_modality(in_tmp_dir: Path
     # Three text documents beside the media: most rows are captioned items, and on some steps one rank
     # holds images (or audio) and the other none. Every rank must still run every sharded encoder, or
     # the collectives desynchronise and the run dies.
-    mostly_media = ["--trainer.max_steps=4", *FSDP2, "--data.init_args.source.init_args.max_documents=3",
+    mostly_media = ["--trainer.max_steps=4", *FSDP2, WORLD_SIZE_FREE_BALANCE, "--data.init_args.source.init_args.max_documents=3",
                     '--trainer.callbacks+={"class_path": "test_cli.RecordMediaCounts"}']
     run(in_tmp_dir, *mostly_media, "--trainer.devices=2", "--trainer.logger.init_args.run_name=two")
     counts = [json.loads(line) for line in (in_tmp_dir / "media_counts.jsonl").read_text().splitlines()]

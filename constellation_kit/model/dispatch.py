@@ -116,6 +116,17 @@ class _GroupedMM(torch.autograd.Function):
         return grad_a, grad_w, None
 
 
+@torch.compiler.disable
+def _cpu_grouped_mm(a_NI: torch.Tensor, w_EIO: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
+    """:class:`_GroupedMM` run eagerly even inside ``torch.compile`` (a graph break).
+
+    torch 2.11's meta (fake-tensor) kernel for ``_grouped_mm`` accepts only bf16, although the CPU
+    kernel runs fp32: traced, the fp32 CPU call fails with "Expected inputs of BF16 type". Run
+    eagerly, the compiled graphs on either side of it stay exact.
+    """
+    return _GroupedMM.apply(a_NI, w_EIO, offsets_E)
+
+
 def grouped_mm_supported(x: torch.Tensor, experts: SwiGLUExperts) -> bool:
     """Whether ``torch._grouped_mm`` can run these shapes and dtype on this device."""
     if not hasattr(torch, "_grouped_mm"):
@@ -158,11 +169,11 @@ class GroupedMMDispatch(Dispatcher):
         if x_ND.device.type == "cuda":
             gate_up_N2H = torch._grouped_mm(x_ND, w_gate_up, offsets_E)
         else:
-            gate_up_N2H = _GroupedMM.apply(x_ND, w_gate_up, offsets_E)
+            gate_up_N2H = _cpu_grouped_mm(x_ND, w_gate_up, offsets_E)
         gate_NH, up_NH = gate_up_N2H.chunk(2, dim=-1)
         # The combine weight scales the hidden row rather than the output row: the same product (the
         # down projection is linear) on a narrower tensor whenever H < D (fine-grained experts).
         hidden_NH = F.silu(gate_NH) * up_NH * weights_N.to(gate_NH.dtype).unsqueeze(-1)
         if x_ND.device.type == "cuda":
             return torch._grouped_mm(hidden_NH, w_down, offsets_E)
-        return _GroupedMM.apply(hidden_NH, w_down, offsets_E)
+        return _cpu_grouped_mm(hidden_NH, w_down, offsets_E)
