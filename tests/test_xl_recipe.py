@@ -15,7 +15,7 @@ SMOKE = REPO / "recipes" / "variants" / "xl-smoke.yaml"
 
 def test_xl_recipe_at_toy_size_trains_on_two_processes_and_writes_a_sharded_checkpoint(in_tmp_dir) -> None:
     command = [sys.executable, "-m", "constellation_kit.cli", "fit", f"--config={XL}", f"--config={SMOKE}",
-               "--trainer.max_steps=3", "--trainer.val_check_interval=3",
+               "--trainer.max_steps=3",
                "--trainer.callbacks.init_args.every_n_train_steps=3"]
     result = subprocess.run(command, cwd=in_tmp_dir, env=environment(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
