@@ -186,3 +186,18 @@ def test_a_registered_command_joins_the_same_help(capsys: pytest.CaptureFixture,
     assert all(name in help_text for name in ("fit", "validate", "test", "predict", "hello"))
     main(["hello", "--name=researcher"])
     assert seen == {"name": "researcher"}
+
+
+def test_small_recipe_selects_auto_attention_and_runs_on_cpu_through_sdpa(in_tmp_dir: Path, caplog) -> None:
+    small = REPO / "recipes" / "small.yaml"
+    config = yaml.safe_load(small.read_text())
+    assert config["model"]["init_args"]["network"]["init_args"]["attention"]["init_args"]["backend"] == "auto"
+    with caplog.at_level("INFO"):
+        cli = ConstellationCLI(args=[
+            "fit", f"--config={small}", "--data.init_args.source.init_args.max_documents=20",
+            "--data.init_args.tokenizer.init_args.vocab_size=512", "--data.init_args.seq_len=64",
+            "--data.init_args.global_batch_size=4", "--data.init_args.val_fraction=0.2", "--trainer.max_steps=1",
+            "--trainer.limit_val_batches=1", "--trainer.precision=32-true", "--trainer.accelerator=cpu",
+        ])
+    assert cli.trainer.global_step == 1
+    assert "attention backend auto -> sdpa on cpu" in caplog.text
