@@ -2,6 +2,7 @@
 
 import os
 import socket
+from collections.abc import Callable
 from functools import partial
 
 import pytest
@@ -31,20 +32,22 @@ def loss_of(network: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(network.logits(hidden).flatten(0, 1), tokens[:, 1:].flatten())
 
 
-def _shard_and_compare(rank: int, world_size: int, port: int, activation_checkpointing: bool) -> None:
+def _shard_and_compare(rank: int, world_size: int, port: int, activation_checkpointing: bool,
+                       make: Callable[[], Transformer] = make_network,
+                       loss: Callable[[Transformer, torch.Tensor], torch.Tensor] = loss_of) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         from torch.distributed.device_mesh import init_device_mesh
 
         with torch.device("meta"):
-            sharded = make_network()
+            sharded = make()
         parallelize(sharded, init_device_mesh("cpu", (world_size,)), activation_checkpointing=activation_checkpointing,
                     param_dtype=None, reduce_dtype=None)
         torch.manual_seed(1)
         materialize(sharded, "cpu")
         with torch.device("meta"):
-            reference = make_network()
+            reference = make()
         torch.manual_seed(1)
         materialize(reference, "cpu")
         # Same initial weights at world size 2 as unsharded: materialise inits at full size.
@@ -52,8 +55,8 @@ def _shard_and_compare(rank: int, world_size: int, port: int, activation_checkpo
             assert torch.equal(p.full_tensor(), q), name
         tokens = torch.randint(0, 100, (4, 9), generator=torch.Generator().manual_seed(5))
         per_rank = len(tokens) // world_size
-        loss_of(sharded, tokens[rank * per_rank : (rank + 1) * per_rank]).backward()
-        loss_of(reference, tokens).backward()
+        loss(sharded, tokens[rank * per_rank : (rank + 1) * per_rank]).backward()
+        loss(reference, tokens).backward()
         # FSDP2 averages gradients over ranks: the mean of equal halves is the full batch's gradient.
         for (name, p), q in zip(sharded.named_parameters(), reference.parameters()):
             torch.testing.assert_close(p.grad.full_tensor(), q.grad, rtol=1e-5, atol=1e-6, msg=name)
@@ -93,32 +96,9 @@ def moe_loss_of(network: Transformer, tokens: torch.Tensor) -> torch.Tensor:
     return lm + RouterL2Penalty(1e-2).value(routing) * 1e-2 + RouterZLoss(1e-2).value(routing) * 1e-2
 
 
-def _shard_moe_and_compare(rank: int, world_size: int, port: int) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        from torch.distributed.device_mesh import init_device_mesh
-
-        with torch.device("meta"):
-            sharded, reference = make_moe_network(), make_moe_network()
-        parallelize(sharded, init_device_mesh("cpu", (world_size,)), activation_checkpointing=True,
-                    param_dtype=None, reduce_dtype=None)
-        for network in (sharded, reference):
-            torch.manual_seed(1)
-            materialize(network, "cpu")
-        tokens = torch.randint(0, 100, (4, 9), generator=torch.Generator().manual_seed(5))
-        per_rank = len(tokens) // world_size
-        moe_loss_of(sharded, tokens[rank * per_rank : (rank + 1) * per_rank]).backward()
-        moe_loss_of(reference, tokens).backward()
-        for (name, p), q in zip(sharded.named_parameters(), reference.parameters()):
-            torch.testing.assert_close(p.grad.full_tensor(), q.grad, rtol=1e-5, atol=1e-6, msg=name)
-    finally:
-        dist.destroy_process_group()
-
-
 def test_sharded_moe_network_returns_router_outputs_and_their_gradients_match() -> None:
     # The router terms read the router weight and logits inside each block's forward; under FSDP2 the
     # blocks' outputs are the only way out (it rebuilds their input containers), and the weight must
     # be read while it is gathered (it is freed after the block's forward). Gradients of both terms
     # must equal the unsharded network's.
-    mp.spawn(_shard_moe_and_compare, args=(2, free_port()), nprocs=2, join=True)
+    mp.spawn(_shard_and_compare, args=(2, free_port(), True, make_moe_network, moe_loss_of), nprocs=2, join=True)
