@@ -84,20 +84,28 @@ WORLD_SIZE_FREE_BALANCE = ('--model.init_args.balance=[{"class_path": "constella
                            '{"class_path": "constellation_kit.model.RouterL2Penalty"}]')
 
 
+SHARDED_TEXT_RUN = ["--trainer.max_steps=4", *FSDP2, *TEXT_ONLY, *CHECKPOINT_EVERY_STEP, WORLD_SIZE_FREE_BALANCE]
+
+
+@pytest.fixture(scope="module")
+def straight_losses(tmp_path_factory: pytest.TempPathFactory) -> dict[int, float]:
+    """Per-step losses of the uninterrupted run, at one process: the reference for both directions."""
+    workdir = tmp_path_factory.mktemp("straight")
+    run(workdir, *SHARDED_TEXT_RUN, "--trainer.devices=1", "--trainer.logger.init_args.run_name=straight")
+    return losses(workdir, "straight")
+
+
 @pytest.mark.parametrize("first, second", [(2, 1), (1, 2)], ids=["2-to-1", "1-to-2"])
-def test_sharded_checkpoint_resumes_at_another_world_size(first: int, second: int, in_tmp_dir: Path) -> None:
-    straight = ["--trainer.max_steps=4", *FSDP2, *TEXT_ONLY, *CHECKPOINT_EVERY_STEP, WORLD_SIZE_FREE_BALANCE]
-    run(in_tmp_dir, *straight, f"--trainer.devices={first}", "--trainer.logger.init_args.run_name=straight")
-    run(in_tmp_dir, "--trainer.max_steps=4", *FSDP2, *TEXT_ONLY, *CHECKPOINT_EVERY_STEP, WORLD_SIZE_FREE_BALANCE,
-        f"--trainer.devices={first}",
-        "--trainer.logger.init_args.run_name=moved",
+def test_sharded_checkpoint_resumes_at_another_world_size(
+    first: int, second: int, straight_losses: dict[int, float], in_tmp_dir: Path
+) -> None:
+    run(in_tmp_dir, *SHARDED_TEXT_RUN, f"--trainer.devices={first}", "--trainer.logger.init_args.run_name=moved",
         '--trainer.callbacks+={"class_path": "test_cli.StopAtStep", "init_args": {"step": 2}}')
     checkpoint = next((in_tmp_dir / "runs" / "tiny" / "moved").glob("*/checkpoints/last.ckpt"))
     assert checkpoint.is_dir() and (checkpoint / ".metadata").is_file()  # a sharded (DCP) checkpoint
-    run(in_tmp_dir, "--trainer.max_steps=4", *FSDP2, *TEXT_ONLY, *CHECKPOINT_EVERY_STEP, WORLD_SIZE_FREE_BALANCE,
-        f"--trainer.devices={second}",
-        "--trainer.logger.init_args.run_name=moved", "--ckpt_path=last")
-    expected, moved = losses(in_tmp_dir, "straight"), losses(in_tmp_dir, "moved")
+    run(in_tmp_dir, *SHARDED_TEXT_RUN, f"--trainer.devices={second}", "--trainer.logger.init_args.run_name=moved",
+        "--ckpt_path=last")
+    expected, moved = straight_losses, losses(in_tmp_dir, "moved")
     assert sorted(moved) == [0, 1, 2, 3]
     # Same global batch, same samples: only the reduction order differs between world sizes.
     for step in expected:

@@ -15,8 +15,8 @@ SMOKE = REPO / "recipes" / "variants" / "xl-smoke.yaml"
 
 def test_xl_recipe_at_toy_size_trains_on_two_processes_and_writes_a_sharded_checkpoint(in_tmp_dir) -> None:
     command = [sys.executable, "-m", "constellation_kit.cli", "fit", f"--config={XL}", f"--config={SMOKE}",
-               "--trainer.max_steps=3",
-               "--trainer.callbacks.init_args.every_n_train_steps=3"]
+               "--trainer.max_steps=2", "--trainer.val_check_interval=32",
+               "--trainer.callbacks.init_args.every_n_train_steps=2"]
     result = subprocess.run(command, cwd=in_tmp_dir, env=environment(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     # backend: auto, with no CUDA, is SDPA (and says so)
@@ -29,7 +29,7 @@ def test_xl_recipe_at_toy_size_trains_on_two_processes_and_writes_a_sharded_chec
     client = mlflow.MlflowClient(f"sqlite:///{in_tmp_dir / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("xl-smoke").experiment_id])
     losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")}
-    assert sorted(losses) == [0, 1, 2] and all(math.isfinite(v) for v in losses.values())
+    assert sorted(losses) == [0, 1] and all(math.isfinite(v) for v in losses.values())
     # The paper's numbers survive the smoke variant: 16 accumulation micro-batches, AdamW wd 0.01.
     params = run.data.params
     assert params["trainer.accumulate_grad_batches"] == "16"
