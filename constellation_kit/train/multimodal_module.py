@@ -155,9 +155,7 @@ class MultimodalLanguageModel(LanguageModel):
                 if isinstance(encoder, FSDPModule) and media is not None:
                     embeddings = embeddings + self._idle_encoder_term(modality, media, embeddings)
                 continue
-            with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen[modality]):
-                encoded = encoder(media)  # (M, N, E)
-            projected = self.projectors[modality](encoded)  # (M, N, D)
+            projected = self._embed_media(modality, media)  # (M, N, D)
             repeat = int(batch.get("num_choices", 1))  # grounding batches score one item against K captions
             if repeat > 1:
                 projected = projected.repeat_interleave(repeat, dim=0)
@@ -177,9 +175,13 @@ class MultimodalLanguageModel(LanguageModel):
         collectives line up (DeepSpeed ZeRO-3 users of LLaVA-style models do the same).
         """
         blank = media.new_zeros((1, *media.shape[1:]))
+        return 0.0 * self._embed_media(modality, blank).sum().to(embeddings.dtype)
+
+    def _embed_media(self, modality: str, media: torch.Tensor) -> torch.Tensor:
+        """Items (M, ...) -> their projected tokens (M, N, d_model); a frozen encoder runs without gradient."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen[modality]):
-            encoded = self.encoders[modality](blank)  # (1, N, E)
-        return 0.0 * self.projectors[modality](encoded).sum().to(embeddings.dtype)
+            encoded = self.encoders[modality](media)  # (M, N, E)
+        return self.projectors[modality](encoded)
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list, torch.Tensor]:
         loss, routing, logits = super()._loss(batch)
