@@ -1,6 +1,7 @@
 """Shared fixtures: a per-session cache (so the tokenizer trains once) and a small recipe override."""
 
 import os
+import socket
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,13 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "recipes" / "tiny.yaml")
 XL = str(REPO / "recipes" / "xl.yaml")
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a test's own process-group rendezvous."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def variant_base(variant: Path) -> str:

@@ -19,7 +19,6 @@ compiled).
 """
 
 import os
-import socket
 from functools import partial
 
 import torch
@@ -40,6 +39,7 @@ from constellation_kit.model import (
 )
 from constellation_kit.train import moe_terms
 from constellation_kit.train.parallelize import materialize, parallelize
+from conftest import free_port
 
 VOCAB, SEQ_LEN = 96, 520  # > the SDPA backend's dense_below (512): the per-document path runs
 # Documents per row; the rows share lengths, so the per-document path stacks equal lengths. Two
@@ -136,12 +136,6 @@ def _compare(activation_checkpointing: bool) -> None:
         worst = max(worst, (grad - q.grad).abs().max().item())
     print(f"compile vs eager (activation_checkpointing={activation_checkpointing}): "
           f"|loss diff| {(loss - expected_loss).abs().item():.3g}, max |grad diff| {worst:.3g}")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_compiled_blocks_match_eager_loss_and_gradients_with_and_without_checkpointing() -> None:

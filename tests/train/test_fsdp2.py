@@ -1,7 +1,6 @@
 """FSDP2 on CPU: two gloo processes shard, train, checkpoint and resume at another world size."""
 
 import os
-import socket
 from collections.abc import Callable
 from functools import partial
 
@@ -14,6 +13,7 @@ import torch.nn.functional as F
 from constellation_kit.model import GroupedQueryAttention, MoEFeedForward, RouterL2Penalty, RouterZLoss, SwiGLU, Transformer
 from constellation_kit.train.moe_terms import routing_layers
 from constellation_kit.train.parallelize import materialize, parallelize
+from conftest import free_port
 
 
 def make_network() -> Transformer:
@@ -62,12 +62,6 @@ def _shard_and_compare(rank: int, world_size: int, port: int, activation_checkpo
             torch.testing.assert_close(p.grad.full_tensor(), q.grad, rtol=1e-5, atol=1e-6, msg=name)
     finally:
         dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("activation_checkpointing", [False, True])
