@@ -1,6 +1,6 @@
 """The FSDP2 training strategy: Lightning's ModelParallelStrategy plus the kit's parallelize step."""
 
-import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +10,13 @@ from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.checkpoint.state_dict import _init_optim_state
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
+from constellation_kit.checkpointing import (
+    commit_checkpoint_swap,
+    new_token,
+    prepare_checkpoint_swap,
+    remove_checkpoint,
+    staging_path,
+)
 from constellation_kit.model.transformer import Transformer
 from constellation_kit.train.parallelize import materialize, parallelize
 
@@ -20,8 +27,9 @@ class FSDP2Strategy(ModelParallelStrategy):
     The LightningModule builds its network on the meta device and hands it to :meth:`parallelize`,
     which applies activation checkpointing, compile and ``fully_shard`` per block in one fixed order
     (:func:`constellation_kit.train.parallelize.parallelize`) and then allocates and initialises only
-    this rank's shards. Checkpoints are sharded (PyTorch distributed checkpoint, one directory),
-    written under a temporary name and renamed into place, and load at any world size.
+    this rank's shards. Checkpoints are sharded (PyTorch distributed checkpoint, one directory)
+    and load at any world size; ``last.ckpt`` is a link swapped atomically to each new complete
+    directory, so a kill at any moment leaves a complete one (:mod:`constellation_kit.checkpointing`).
 
     Lightning's older ``FSDPStrategy`` (FSDP1) refuses a CPU accelerator; this one is tested on CPU.
 
@@ -94,23 +102,47 @@ class FSDP2Strategy(ModelParallelStrategy):
         return module
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None) -> None:
+        """Write a sharded checkpoint to ``filepath`` so that it is never missing nor half-written.
+
+        Every rank writes into a fresh hidden directory; rank 0 then swaps the link ``filepath``
+        over to it (:mod:`constellation_kit.checkpointing`). A failure on any rank raises on every
+        rank, so none waits at a barrier for a rank that has died.
+        """
         if not self._save_distributed_checkpoint:
+            if self.is_global_zero and Path(filepath).is_symlink():
+                # A sharded checkpoint's link where a single file goes now: let the CheckpointIO
+                # replace the link atomically (Lightning's own path would rmtree through it and fail).
+                self.checkpoint_io.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
+                return
             return super().save_checkpoint(checkpoint, filepath, storage_options)
-        # Write the whole directory under a temporary name, then swap it in: a run killed while
-        # writing leaves the previous checkpoint complete and the partial one under a name that
-        # `--ckpt_path last` never matches.
-        path = Path(self.broadcast(str(filepath)))
-        staging = path.with_name(f".{path.name}.tmp")
-        if self.global_rank == 0 and staging.exists():
-            shutil.rmtree(staging)
-        self.barrier("staging-clean")
-        super().save_checkpoint(checkpoint, staging, storage_options)
-        self.barrier("staging-written")
+        path, token = self.broadcast((str(filepath), new_token()))
+        path = Path(path)
+        self._on_rank_zero(lambda: prepare_checkpoint_swap(path), f"preparing {path}")
+        try:
+            super().save_checkpoint(checkpoint, staging_path(path, token), storage_options)
+            error = None
+        except Exception as e:  # noqa: BLE001 (re-raised below, once every rank knows)
+            error = e
+        if self.reduce_boolean_decision(error is not None, all=False):
+            raise RuntimeError(f"writing checkpoint {path} failed on a rank") from error
+        self._on_rank_zero(lambda: commit_checkpoint_swap(path, token), f"swapping in {path}")
+
+    def _on_rank_zero(self, step: Callable[[], None], what: str) -> None:
+        # Rank 0 alone touches the link; the broadcast both waits for it and carries its outcome,
+        # so an error there (a full disk, a read-only leftover) stops every rank instead of hanging them.
+        error: Exception | None = None
         if self.global_rank == 0:
-            retired = path.with_name(f".{path.name}.old")
-            if path.exists():
-                path.rename(retired)
-            staging.rename(path)
-            if retired.exists():
-                shutil.rmtree(retired) if retired.is_dir() else retired.unlink()
-        self.barrier("checkpoint-in-place")
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001 (re-raised below on every rank)
+                error = e
+        message = self.broadcast(None if error is None else f"{type(error).__name__}: {error}")
+        if message is not None:
+            raise RuntimeError(f"{what} failed on rank 0: {message}") from error
+
+    def remove_checkpoint(self, filepath: _PATH) -> None:
+        """Delete a checkpoint; a sharded one's link goes together with its hidden directory."""
+        if self.is_global_zero and Path(filepath).is_symlink():
+            remove_checkpoint(Path(filepath))
+        else:
+            super().remove_checkpoint(filepath)
