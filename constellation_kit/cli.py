@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 from jsonargparse import ArgumentParser, Namespace, lazy_instance
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -110,6 +111,20 @@ class ConstellationCLI(LightningCLI):
         if "weights_only" in self._subcommand_method_arguments.get(subcommand, {}):
             parser.set_defaults(weights_only=True)
         return parser
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        if not subcommand or self.config[subcommand].get("weights_only") is not False:
+            return super()._parse_ckpt_path()
+        # `--weights_only false`: Lightning (2.6) reads the checkpoint's hyperparameters with
+        # torch.load(weights_only=True) whatever the flag says, and so refuses the very checkpoint
+        # the flag was given for. Read them as the user chose.
+        load = torch.load
+        torch.load = lambda *args, **kwargs: load(*args, **{**kwargs, "weights_only": False})
+        try:
+            super()._parse_ckpt_path()
+        finally:
+            torch.load = load
 
     # -- the kit's own subcommands -------------------------------------------------------------
 
