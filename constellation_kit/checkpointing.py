@@ -175,8 +175,11 @@ def commit_checkpoint_swap(path: Path, token: str) -> None:
     _step("sync")
     for file in staging.rglob("*"):
         if file.is_file():
-            with open(file, "rb+") as f:
-                os.fsync(f.fileno())
+            fd = os.open(file, os.O_RDONLY)  # fsync needs no write access on Linux/macOS
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
     _step("commit")
     committed = _committed_path(path, token)
     os.rename(staging, committed)
