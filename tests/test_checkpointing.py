@@ -66,9 +66,9 @@ def test_a_kill_halfway_through_a_write_keeps_the_previous_checkpoint_and_the_ne
     _, status = os.waitpid(pid, 0)
     assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
 
-    (stray,) = [p for p in tmp_path.iterdir() if p != last]
-    assert stray.name.startswith(".last.ckpt.") and stray.name.endswith(".tmp") and stray.stat().st_size > 0
     loads_as(last, 1)  # the previous checkpoint, whole
+    (stray,) = [p for p in tmp_path.iterdir() if p != last]  # the half-written one, under a name never resumed from
+    assert stray.name.startswith(".last.ckpt.") and stray.name.endswith(".tmp") and stray.stat().st_size > 0
 
     AtomicCheckpointIO().save_checkpoint(state(3), tmp_path / "step0000003.ckpt")  # any save in the directory
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt", "step0000003.ckpt"]
