@@ -119,11 +119,12 @@ def remove_leftovers(directory: Path) -> list[Path]:
     if not directory.is_dir():
         return []
     entries = list(directory.iterdir())
-    # Targets of the checkpoints' own links, not of a fresh ".link" that never replaced its name.
-    referenced = {os.readlink(e) for e in entries if e.is_symlink() and not _LEFTOVER.match(e.name)}
+    # Final targets of the checkpoints' links (relative or absolute, through a chain such as
+    # ModelCheckpoint's save_last="link"), not of a fresh ".link" that never replaced its name.
+    referenced = {os.path.realpath(e) for e in entries if e.is_symlink() and not _LEFTOVER.match(e.name)}
     removed = []
     for entry in sorted(entries):
-        if not _LEFTOVER.match(entry.name) or entry.name in referenced:
+        if not _LEFTOVER.match(entry.name) or os.path.realpath(entry) in referenced:
             continue
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry)

@@ -179,6 +179,19 @@ def test_a_save_replaces_a_single_file_checkpoint_without_a_gap(tmp_path: Path) 
     assert_clean(tmp_path, {"last.ckpt": "new"})
 
 
+def test_a_save_keeps_directories_that_other_links_point_to_however_they_are_written(tmp_path: Path) -> None:
+    # An absolute link, and Lightning's save_last="link" chain (last.ckpt -> step file -> hidden dir).
+    save(tmp_path / "step0000001.ckpt", "one")
+    target = tmp_path / os.readlink(tmp_path / "step0000001.ckpt")
+    (tmp_path / "absolute.ckpt").symlink_to(target)
+    (tmp_path / "step0000001.ckpt").unlink()
+    save(tmp_path / "step0000002.ckpt", "two")
+    (tmp_path / "last.ckpt").symlink_to("step0000002.ckpt")
+    save(tmp_path / "step0000003.ckpt", "three")
+    assert read_complete(tmp_path / "absolute.ckpt") == "one"
+    assert read_complete(tmp_path / "last.ckpt") == "two"
+
+
 def test_removing_a_linked_checkpoint_removes_its_directory(tmp_path: Path) -> None:
     save(tmp_path / "step0000001.ckpt", "one")
     save(tmp_path / "step0000002.ckpt", "two")
