@@ -109,11 +109,6 @@ class FSDP2Strategy(ModelParallelStrategy):
         rank, so none waits at a barrier for a rank that has died.
         """
         if not self._save_distributed_checkpoint:
-            if self.is_global_zero and Path(filepath).is_symlink():
-                # A sharded checkpoint's link where a single file goes now: let the CheckpointIO
-                # replace the link atomically (Lightning's own path would rmtree through it and fail).
-                self.checkpoint_io.save_checkpoint(checkpoint, filepath, storage_options=storage_options)
-                return
             return super().save_checkpoint(checkpoint, filepath, storage_options)
         path, token = self.broadcast((str(filepath), new_token()))
         path = Path(path)
