@@ -24,6 +24,7 @@ from constellation_kit.data.batching import micro_batch_size
 from constellation_kit.checkpointing import AtomicCheckpointIO, find_last_checkpoint
 from constellation_kit.errors import ConfigError
 from constellation_kit.tracking import MLflowRunLogger, SaveConfigToRun
+from constellation_kit.train.rng_state import RNGStateCheckpoint
 from constellation_kit.train.module import LanguageModel
 
 
@@ -101,6 +102,9 @@ class ConstellationCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
+        # Every run saves and restores its RNG state (exact resume with dropout), named in a recipe or not.
+        if not any(isinstance(c, RNGStateCheckpoint) for c in [*callbacks, *(config.get("callbacks") or [])]):
+            callbacks = [*callbacks, RNGStateCheckpoint()]
         return super()._instantiate_trainer(config, callbacks)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:

@@ -15,6 +15,7 @@ from constellation_kit.data.batching import micro_batch_size
 from constellation_kit.data.cache import default_cache_dir, write_atomically
 from constellation_kit.data.packing import PackedDataset, pack_documents
 from constellation_kit.data.sampler import ResumableSampler
+from constellation_kit.data.seeded_loader import SeededLoader
 from constellation_kit.data.sources import DocumentSource, PythonStdlibSource
 from constellation_kit.data.splits import is_validation
 from constellation_kit.data.tokenizer import END_OF_TEXT, ByteLevelBPE
@@ -184,9 +185,12 @@ class TextDataModule(L.LightningDataModule):
         rank, world_size = self._rank_and_world()
         self._train_sampler = ResumableSampler(len(self.train_dataset), seed=self.seed, rank=rank, world_size=world_size)
         if self._resume_from is not None:
+            # The epoch now, not when Lightning next sets it: the first iterator (and the copies of
+            # the sampler that worker processes take) is created before Lightning's set_epoch call.
+            self._train_sampler.set_epoch(self._resume_from["epoch"])
             self._train_sampler.skip(self._resume_from["epoch"], self._resume_from["samples"])
             self._resume_from = None
-        return self._loader(self.train_dataset, self._train_sampler, drop_last=True)
+        return self._loader(self.train_dataset, self._train_sampler, drop_last=True, seeded=True)
 
     def val_dataloader(self) -> DataLoader:
         rank, world_size = self._rank_and_world()
@@ -203,8 +207,10 @@ class TextDataModule(L.LightningDataModule):
         """How items become a batch; ``None`` is PyTorch's default stacking. Subclasses with media override it."""
         return None
 
-    def _loader(self, dataset, sampler: ResumableSampler, drop_last: bool) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset, sampler: ResumableSampler, drop_last: bool, seeded: bool = False) -> DataLoader:
+        # seeded (training): worker seeds from (seed, rank, epoch), so a resume gets the straight run's.
+        kwargs = {"seed": self.seed, "rank": self._rank_and_world()[0]} if seeded else {}
+        return (SeededLoader if seeded else DataLoader)(
             dataset,
             batch_size=self.micro_batch_size,
             sampler=sampler,
@@ -212,6 +218,7 @@ class TextDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=self._collate_fn(),
+            **kwargs,
         )
 
     # -- resume ------------------------------------------------------------------------------
