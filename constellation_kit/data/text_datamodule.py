@@ -81,6 +81,8 @@ class TextDataModule(L.LightningDataModule):
         self._epoch = 0
         self._samples_in_epoch = 0
         self._resume_from: dict[str, int] | None = None
+        self.allow_data_mismatch = False
+        """Resume even when the checkpoint's data fingerprint differs (the CLI's ``--resume_data_mismatch ok``)."""
 
     # -- tokenizer ---------------------------------------------------------------------------
 
@@ -233,10 +235,46 @@ class TextDataModule(L.LightningDataModule):
             self._samples_in_epoch += self.micro_batch_size * trainer.world_size
         return batch
 
+    def data_fingerprint(self) -> dict[str, Any]:
+        """What the data position in a checkpoint means: resuming with any of it changed would
+        continue at the same sample count in another stream. Values are plain and short (the
+        error message names each that changed)."""
+        return {
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "global_batch_size": self.global_batch_size,
+            "val_fraction": self.val_fraction,
+            "source": self.source_fingerprint,
+        }
+
     def state_dict(self) -> dict[str, Any]:
         # A global sample count, so a run can resume at another world size with the same global batch.
-        return {"epoch": self._epoch, "samples": self._samples_in_epoch}
+        return {"epoch": self._epoch, "samples": self._samples_in_epoch, "fingerprint": self.data_fingerprint()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_data_fingerprint(state_dict.get("fingerprint"), self.data_fingerprint(), self.allow_data_mismatch)
         self._epoch, self._samples_in_epoch = state_dict["epoch"], state_dict["samples"]
         self._resume_from = {"epoch": state_dict["epoch"], "samples": state_dict["samples"]}
+
+
+def check_data_fingerprint(saved: dict[str, Any] | None, current: dict[str, Any], allow: bool) -> None:
+    """Raise a :class:`ConfigError` naming every data setting that differs from the checkpoint's.
+
+    ``allow`` (``--resume_data_mismatch ok``) turns the error into a warning. A checkpoint written
+    before fingerprints were saved (``saved`` is ``None``) is not checked.
+    """
+    if saved is None:
+        return
+    changed = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in sorted(set(saved) | set(current))
+               if saved.get(key) != current.get(key)]
+    if not changed:
+        return
+    what = ", ".join(changed)
+    if allow:
+        log.warning("resuming on changed data (%s), as --resume_data_mismatch ok allows: the data position is "
+                    "kept as a count of samples, which now index another stream", what)
+        return
+    raise ConfigError(
+        f"the checkpoint was trained on other data: {what}. Resume with the checkpoint's data settings, "
+        "start a new run, or pass --resume_data_mismatch ok to continue on the new data"
+    )
