@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jsonargparse import ArgumentParser, Namespace, lazy_instance
@@ -24,7 +24,8 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from constellation_kit.data.batching import micro_batch_size
 from constellation_kit.checkpointing import AtomicCheckpointIO, find_last_checkpoint
 from constellation_kit.errors import ConfigError
-from constellation_kit.tracking import MLflowRunLogger, SaveConfigToRun
+from constellation_kit.tracking import MLflowRunLogger, SaveConfigToRun, check_run_resumable
+from constellation_kit.train.rng_state import RNGStateCheckpoint
 from constellation_kit.train.module import LanguageModel
 
 
@@ -83,6 +84,14 @@ class ConstellationCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The tokenizer decides the vocabulary; the model is sized from it, never by hand.
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
+        parser.add_argument(
+            "--resume_data_mismatch",
+            type=Literal["error", "ok"],
+            default="error",
+            help="When --ckpt_path resumes a run whose data settings (seed, seq_len, global batch, source, manifest) "
+            "differ from the checkpoint's: 'error' stops with a message naming them; 'ok' continues on the new "
+            "data, keeping the checkpoint's sample count as the data position.",
+        )
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand in COMMANDS:
@@ -90,6 +99,9 @@ class ConstellationCLI(LightningCLI):
         # Fail on a bad recipe now, with the recipe's words, not minutes into trainer setup.
         if isinstance(self.model, LanguageModel):
             self.model.check_config()
+        config = self.config[self.subcommand]
+        if hasattr(self.datamodule, "allow_data_mismatch"):
+            self.datamodule.allow_data_mismatch = config.get("resume_data_mismatch") == "ok"
         global_batch = getattr(self.datamodule, "global_batch_size", None)
         if global_batch is not None:
             micro_batch_size(global_batch, self.trainer.accumulate_grad_batches, self.trainer.world_size)
@@ -102,6 +114,9 @@ class ConstellationCLI(LightningCLI):
         if not any(isinstance(p, CheckpointIO) for p in plugins):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
+        # Every run saves and restores its RNG state (exact resume with dropout), named in a recipe or not.
+        if not any(isinstance(c, RNGStateCheckpoint) for c in [*callbacks, *(config.get("callbacks") or [])]):
+            callbacks = [*callbacks, RNGStateCheckpoint()]
         return super()._instantiate_trainer(config, callbacks)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
@@ -172,6 +187,9 @@ class ConstellationCLI(LightningCLI):
                 if self.subcommand == "fit":
                     # Continue the same MLflow run and run directory rather than starting a new one.
                     init.run_id = last.parent.parent.name
+                    # A run deleted in MLflow, or a run directory moved away from its store, would
+                    # otherwise end in an MLflow traceback minutes later.
+                    check_run_resumable(init.tracking_uri, init.run_id, last)
                 logging.getLogger(__name__).info("Resuming from %s", last)
         ckpt = config.ckpt_path
         if ckpt is not None and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).exists():

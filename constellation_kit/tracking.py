@@ -7,14 +7,55 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from mlflow import MlflowClient
+from mlflow.exceptions import MlflowException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
 from lightning.pytorch.loggers import MLFlowLogger
+
+from constellation_kit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 """MLflow 3's own local default: a SQLite file in the working directory, no server."""
+
+
+def resolve_tracking_uri(tracking_uri: str | None) -> str:
+    """The store a run logs to: the recipe's or command line's, else ``$MLFLOW_TRACKING_URI``, else the local default."""
+    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+
+
+def check_run_resumable(tracking_uri: str | None, run_id: str, checkpoint: Path) -> None:
+    """Raise a :class:`ConfigError` saying what to do if MLflow run ``run_id`` cannot be continued.
+
+    ``--ckpt_path last`` continues the checkpoint's MLflow run. That fails deep inside MLflow when the
+    run was deleted, or when its store is not the one configured (the run directory was moved to
+    another working directory without its ``mlflow.db``, or the store is elsewhere).
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    new_run = (f"or continue it as a new MLflow run from the same checkpoint: --ckpt_path {checkpoint} "
+               "(a path, not 'last'), with another --trainer.logger.init_args.run_name if you like")
+    query = uri
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        # MLflow keeps one store per URI string for the life of the process: a relative SQLite path
+        # would go on meaning the file first opened, whatever the working directory is now.
+        query = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    try:
+        run = MlflowClient(query).get_run(run_id)
+    except MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        raise ConfigError(
+            f"--ckpt_path last found {checkpoint}, but its MLflow run {run_id} is not in the tracking store {uri} "
+            "(was the run directory moved from another working directory, without its mlflow.db?). Point "
+            f"--trainer.logger.init_args.tracking_uri at the store that holds the run, {new_run}"
+        ) from None
+    if run.info.lifecycle_stage == "deleted":
+        raise ConfigError(
+            f"--ckpt_path last found {checkpoint}, but its MLflow run {run_id} was deleted from {uri}. Restore it "
+            f"(MLFLOW_TRACKING_URI={uri} mlflow runs restore --run-id {run_id}), {new_run}"
+        )
 
 
 class MLflowRunLogger(MLFlowLogger):
@@ -45,7 +86,7 @@ class MLflowRunLogger(MLFlowLogger):
         run_id: str | None = None,
         log_model: bool = False,
     ) -> None:
-        tracking_uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+        tracking_uri = resolve_tracking_uri(tracking_uri)
         super().__init__(
             experiment_name=experiment_name,
             run_name=run_name,

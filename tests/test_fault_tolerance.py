@@ -1,11 +1,13 @@
 """Runs that are killed, resumed, or resumed at another world size, driven through the real console script.
 
 Each run is a separate process (a SIGKILL must not take pytest with it, and a 2-process launch
-re-executes its command line), in a scratch working directory with its own MLflow store.
+re-executes its command line), in a scratch working directory with its own MLflow store. The
+resume-safety tests at the end run in-process: the resumes they check are refused before training.
 """
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +17,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
+from constellation_kit.cli import ConstellationCLI, main
+from constellation_kit.data import MultimodalDataModule
 from conftest import REPO, SMALL_DATA, TINY
 
 FSDP2 = ["--trainer.strategy=constellation_kit.train.FSDP2Strategy", "--trainer.strategy.mixed_precision=false"]
@@ -54,26 +58,32 @@ def losses(cwd: Path, run_name: str) -> dict[int, float]:
     return {m.step: m.value for m in history}
 
 
+# Randomness a resume must reproduce: residual/embedding/attention dropout, random-resized image crops
+# (tiny's image_augmentation) and random audio crops (the built-in clips last 0.5 s; 0.4 s makes the crop
+# offset random).
+RANDOM = ["--model.init_args.network.init_args.dropout=0.1", "--data.init_args.audio_seconds=0.4"]
+
+
 def test_sigkill_mid_training_then_resume_reproduces_the_straight_run(in_tmp_dir: Path) -> None:
-    steps = ["--trainer.max_steps=8", *CHECKPOINT_EVERY_STEP]
+    # Validation after step 3: a run resumed from that checkpoint skips it, so it must not move the RNG either.
+    steps = ["--trainer.max_steps=6", "--trainer.val_check_interval=3", *CHECKPOINT_EVERY_STEP, *RANDOM]
     run(in_tmp_dir, *steps, "--trainer.logger.init_args.run_name=straight")
 
     victim = subprocess.Popen(command(*steps, "--trainer.logger.init_args.run_name=killed"), cwd=in_tmp_dir,
                               env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = in_tmp_dir / "runs" / "tiny" / "killed"
     deadline = time.monotonic() + 300
-    while not list(checkpoints.glob("*/checkpoints/step0000004.ckpt")):
+    while not list(checkpoints.glob("*/checkpoints/step0000003.ckpt")):
         assert victim.poll() is None, "the run ended before it could be killed"
         assert time.monotonic() < deadline
         time.sleep(0.05)
     victim.send_signal(signal.SIGKILL)
     victim.wait()
-    # Whatever step it was killed at, and even mid-write, every checkpoint file left is complete.
-    assert not list(checkpoints.glob("*/checkpoints/step0000008.ckpt"))
+    assert not list(checkpoints.glob("*/checkpoints/step0000006.ckpt"))
 
     run(in_tmp_dir, *steps, "--trainer.logger.init_args.run_name=killed", "--ckpt_path=last")
     straight, resumed = losses(in_tmp_dir, "straight"), losses(in_tmp_dir, "killed")
-    assert sorted(straight) == sorted(resumed) == list(range(8))
+    assert sorted(straight) == sorted(resumed) == list(range(6))
     assert resumed == straight  # bitwise on CPU: same data order, RNG, optimizer and schedule
 
 
@@ -135,3 +145,71 @@ def test_multimodal_fsdp2_trains_when_one_rank_lacks_a_modality(in_tmp_dir: Path
     # Measured: 8e-8 at step 0 (text rows only on both ranks), then 4.0e-4, 2.5e-3 and 1.7e-3 relative.
     for step in one:
         assert two[step] == pytest.approx(one[step], rel=5e-3)
+
+
+# -- resume safety: refused with a one-line reason, in-process ---------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def one_step_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A working directory holding a 1-step tiny run (checkpoint and mlflow.db): each test resumes a copy."""
+    workdir = tmp_path_factory.mktemp("one-step")
+    previous = os.getcwd()
+    os.chdir(workdir)
+    try:
+        ConstellationCLI(args=["fit", f"--config={TINY}", *SMALL_DATA, "--trainer.max_steps=1",
+                               "--trainer.limit_val_batches=0", *CHECKPOINT_EVERY_STEP])
+    finally:
+        os.chdir(previous)
+    return workdir
+
+
+def resume_error(capsys: pytest.CaptureFixture, *args: str) -> str:
+    """stderr of a `fit --ckpt_path last` that the console script refuses (exit status 2)."""
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit", f"--config={TINY}", *SMALL_DATA, "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+              "--ckpt_path=last", *args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    return err
+
+
+def test_resume_on_changed_data_names_the_change_unless_told_ok(
+    one_step_run: Path, in_tmp_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    shutil.copytree(one_step_run, in_tmp_dir, dirs_exist_ok=True)
+    changed = ["--data.init_args.seq_len=48", "--data.init_args.global_batch_size=8"]
+    err = resume_error(capsys, *changed)
+    assert "seq_len 32 -> 48" in err and "global_batch_size 4 -> 8" in err and "--resume_data_mismatch ok" in err
+    # Told it is fine: the resume goes ahead (the checkpoint is at max_steps, so it ends at once).
+    main(["fit", f"--config={TINY}", *SMALL_DATA, "--trainer.max_steps=1", "--trainer.limit_val_batches=0",
+          "--ckpt_path=last", *changed, "--resume_data_mismatch=ok"])
+
+
+def test_a_changed_manifest_changes_the_data_fingerprint(tmp_path: Path) -> None:
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text('{"text": "one document"}\n')
+    before = MultimodalDataModule(source=None, manifest=str(manifest)).data_fingerprint()
+    manifest.write_text('{"text": "another document"}\n')
+    after = MultimodalDataModule(source=None, manifest=str(manifest)).data_fingerprint()
+    assert [key for key in before if before[key] != after[key]] == ["manifest"]
+
+
+def test_resuming_a_deleted_mlflow_run_says_what_to_do(one_step_run: Path, in_tmp_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    shutil.copytree(one_step_run, in_tmp_dir, dirs_exist_ok=True)
+    client = mlflow.MlflowClient(f"sqlite:///{in_tmp_dir / 'mlflow.db'}")  # absolute: MLflow caches stores by URI
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    client.delete_run(run.info.run_id)
+    err = resume_error(capsys)
+    assert f"MLflow run {run.info.run_id} was deleted" in err and "mlflow runs restore" in err
+    assert f"--ckpt_path runs/tiny/tiny/{run.info.run_id}/checkpoints/last.ckpt" in err
+
+
+def test_resuming_a_run_directory_moved_without_its_store_says_what_to_do(
+    one_step_run: Path, in_tmp_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    shutil.copytree(one_step_run / "runs", in_tmp_dir / "runs")  # moved here; its mlflow.db stayed behind
+    err = resume_error(capsys)
+    assert "is not in the tracking store sqlite:///mlflow.db" in err
+    assert "--trainer.logger.init_args.tracking_uri" in err and "--ckpt_path runs/tiny/tiny/" in err

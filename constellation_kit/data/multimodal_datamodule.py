@@ -164,6 +164,13 @@ class MultimodalDataModule(TextDataModule):
             self._fingerprint = hashlib.sha256(f"{text}|{manifest}".encode()).hexdigest()[:16]
         return self._fingerprint
 
+    def data_fingerprint(self) -> dict[str, Any]:
+        """As :meth:`TextDataModule.data_fingerprint`, with the text source and the manifest named apart."""
+        fingerprint = super().data_fingerprint()
+        fingerprint["source"] = self.source.fingerprint() if self.source is not None else "none"
+        fingerprint["manifest"] = self.source_fingerprint  # text and manifest contents, hashed together
+        return fingerprint
+
     @property
     def placeholder_ids(self) -> dict[str, int]:
         """Token id of each modality's placeholder."""

@@ -72,6 +72,18 @@ class SyntheticDataModule(TextDataModule):
         self._epoch = 0
         self._samples_in_epoch = 0
         self._resume_from = None
+        self.allow_data_mismatch = False
+
+    def data_fingerprint(self) -> dict[str, object]:
+        """As :meth:`TextDataModule.data_fingerprint`: the task and its settings stand in for the source."""
+        if hasattr(self.task, "_lazy_init"):  # jsonargparse's lazy_instance default: built on first use
+            self.task._lazy_init()
+        settings = {k: v for k, v in sorted(vars(self.task).items())
+                    if not k.startswith("_") and isinstance(v, (bool, int, float, str))}
+        name = type(self.task).__name__.removeprefix("LazyInstance_")
+        task = f"{name}({', '.join(f'{k}={v!r}' for k, v in settings.items())})"
+        return {"task": task, "seed": self.seed, "seq_len": self.seq_len, "global_batch_size": self.global_batch_size,
+                "num_train_examples": self.num_train_examples}
 
     @property
     def vocab_size(self) -> int:

@@ -15,6 +15,7 @@ from constellation_kit.data.batching import micro_batch_size
 from constellation_kit.data.cache import default_cache_dir, write_atomically
 from constellation_kit.data.packing import PackedDataset, pack_documents
 from constellation_kit.data.sampler import ResumableSampler
+from constellation_kit.data.seeded_loader import SeededLoader
 from constellation_kit.data.sources import DocumentSource, PythonStdlibSource
 from constellation_kit.data.splits import is_validation
 from constellation_kit.data.tokenizer import END_OF_TEXT, ByteLevelBPE
@@ -80,6 +81,8 @@ class TextDataModule(L.LightningDataModule):
         self._epoch = 0
         self._samples_in_epoch = 0
         self._resume_from: dict[str, int] | None = None
+        self.allow_data_mismatch = False
+        """Resume even when the checkpoint's data fingerprint differs (the CLI's ``--resume_data_mismatch ok``)."""
 
     # -- tokenizer ---------------------------------------------------------------------------
 
@@ -184,9 +187,12 @@ class TextDataModule(L.LightningDataModule):
         rank, world_size = self._rank_and_world()
         self._train_sampler = ResumableSampler(len(self.train_dataset), seed=self.seed, rank=rank, world_size=world_size)
         if self._resume_from is not None:
+            # The epoch now, not when Lightning next sets it: the first iterator (and the copies of
+            # the sampler that worker processes take) is created before Lightning's set_epoch call.
+            self._train_sampler.set_epoch(self._resume_from["epoch"])
             self._train_sampler.skip(self._resume_from["epoch"], self._resume_from["samples"])
             self._resume_from = None
-        return self._loader(self.train_dataset, self._train_sampler, drop_last=True)
+        return self._loader(self.train_dataset, self._train_sampler, drop_last=True, seeded=True)
 
     def val_dataloader(self) -> DataLoader:
         rank, world_size = self._rank_and_world()
@@ -203,8 +209,10 @@ class TextDataModule(L.LightningDataModule):
         """How items become a batch; ``None`` is PyTorch's default stacking. Subclasses with media override it."""
         return None
 
-    def _loader(self, dataset, sampler: ResumableSampler, drop_last: bool) -> DataLoader:
-        return DataLoader(
+    def _loader(self, dataset, sampler: ResumableSampler, drop_last: bool, seeded: bool = False) -> DataLoader:
+        # seeded (training): worker seeds from (seed, rank, epoch), so a resume gets the straight run's.
+        kwargs = {"seed": self.seed, "rank": self._rank_and_world()[0]} if seeded else {}
+        return (SeededLoader if seeded else DataLoader)(
             dataset,
             batch_size=self.micro_batch_size,
             sampler=sampler,
@@ -212,6 +220,7 @@ class TextDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
             collate_fn=self._collate_fn(),
+            **kwargs,
         )
 
     # -- resume ------------------------------------------------------------------------------
@@ -226,10 +235,46 @@ class TextDataModule(L.LightningDataModule):
             self._samples_in_epoch += self.micro_batch_size * trainer.world_size
         return batch
 
+    def data_fingerprint(self) -> dict[str, Any]:
+        """What the data position in a checkpoint means: resuming with any of it changed would
+        continue at the same sample count in another stream. Values are plain and short (the
+        error message names each that changed)."""
+        return {
+            "seed": self.seed,
+            "seq_len": self.seq_len,
+            "global_batch_size": self.global_batch_size,
+            "val_fraction": self.val_fraction,
+            "source": self.source_fingerprint,
+        }
+
     def state_dict(self) -> dict[str, Any]:
         # A global sample count, so a run can resume at another world size with the same global batch.
-        return {"epoch": self._epoch, "samples": self._samples_in_epoch}
+        return {"epoch": self._epoch, "samples": self._samples_in_epoch, "fingerprint": self.data_fingerprint()}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        check_data_fingerprint(state_dict.get("fingerprint"), self.data_fingerprint(), self.allow_data_mismatch)
         self._epoch, self._samples_in_epoch = state_dict["epoch"], state_dict["samples"]
         self._resume_from = {"epoch": state_dict["epoch"], "samples": state_dict["samples"]}
+
+
+def check_data_fingerprint(saved: dict[str, Any] | None, current: dict[str, Any], allow: bool) -> None:
+    """Raise a :class:`ConfigError` naming every data setting that differs from the checkpoint's.
+
+    ``allow`` (``--resume_data_mismatch ok``) turns the error into a warning. A checkpoint written
+    before fingerprints were saved (``saved`` is ``None``) is not checked.
+    """
+    if saved is None:
+        return
+    changed = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in sorted(set(saved) | set(current))
+               if saved.get(key) != current.get(key)]
+    if not changed:
+        return
+    what = ", ".join(changed)
+    if allow:
+        log.warning("resuming on changed data (%s), as --resume_data_mismatch ok allows: the data position is "
+                    "kept as a count of samples, which now index another stream", what)
+        return
+    raise ConfigError(
+        f"the checkpoint was trained on other data: {what}. Resume with the checkpoint's data settings, "
+        "start a new run, or pass --resume_data_mismatch ok to continue on the new data"
+    )

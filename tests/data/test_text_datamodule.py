@@ -56,7 +56,9 @@ def test_resume_state_skips_what_was_consumed(datamodule: TextDataModule) -> Non
     order = list(datamodule.train_dataloader().sampler)
     datamodule.load_state_dict({"epoch": 0, "samples": 8})
     assert list(datamodule.train_dataloader().sampler) == order[8:]
-    assert datamodule.state_dict() == {"epoch": 0, "samples": 8}
+    state = datamodule.state_dict()
+    assert (state["epoch"], state["samples"]) == (0, 8)
+    assert state["fingerprint"] == datamodule.data_fingerprint()  # what the position means, checked on resume
 
 
 def test_bad_val_fraction_is_a_config_error() -> None:
