@@ -363,10 +363,13 @@ class MultimodalDataModule(TextDataModule):
                 self.grounding[modality] = GroundingDataset(
                     choices, val_bank, placeholder_ids[modality], self.num_placeholders[modality], eos
                 )
+        # The digest names the exact items, in order: every rank of a run must print the same one.
+        items = hashlib.sha256("\n".join(i.id for split in ("train", "val") for i in splits[split]).encode())
         log.info(
-            "multimodal data: train %d text windows + %d media rows, val %d + %d; grounding questions %s",
+            "multimodal data: train %d text windows + %d media rows, val %d + %d; grounding questions %s; "
+            "media items %s",
             datasets["train"].num_text, len(datasets["train"].rows), datasets["val"].num_text,
-            len(datasets["val"].rows), {m: len(g) for m, g in self.grounding.items()},
+            len(datasets["val"].rows), {m: len(g) for m, g in self.grounding.items()}, items.hexdigest()[:12],
         )
 
     def _pack_text(self, texts: list[str]) -> PackedDataset | None:

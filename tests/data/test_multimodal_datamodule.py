@@ -4,6 +4,7 @@ import json
 from collections import Counter
 from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -270,3 +271,36 @@ def test_load_time_skips_from_workers_reach_the_loggers_as_a_running_total(user_
     assert totals[0] == 0.0 and totals == sorted(totals) and totals[-1] == sum(expected.values())  # a running total
     for reason in SKIP_REASONS:
         assert logger.history[f"data/skipped_{reason}"][-1][1] == expected.get(reason, 0)
+
+
+def test_every_rank_trains_on_rank_zeros_scan(user_manifest: Path) -> None:
+    # Rank 0's node read one more file as corrupt than this rank's did (a flaky mount, a node-local cache):
+    # this rank must take rank 0's answer, or the ranks' datasets, lengths and batches would differ.
+    local = datamodule(manifest=str(user_manifest)).scan_result()
+    rank0 = {**local, "usable": local["usable"][1:], "skipped": {**local["skipped"], "corrupt": local["skipped"]["corrupt"] + 1}}
+    broadcasts = []
+
+    class Strategy:
+        @staticmethod
+        def broadcast(obj, src=0):
+            broadcasts.append((obj, src))
+            return rank0
+
+    dm = datamodule(manifest=str(user_manifest))
+    dm.trainer = SimpleNamespace(loggers=[], world_size=2, strategy=Strategy())
+    dm.setup("fit")
+    assert broadcasts == [(local, 0)]
+    media = [i for i in dm.items if i.modality != "text"]
+    held = {i.path for split in (dm.train_dataset, dm.val_dataset) for i in split.bank.items}
+    assert media[local["usable"][0]].path not in held and len(held) == len(rank0["usable"])
+    assert dm.scan_skipped == Counter(rank0["skipped"]) == dm.skipped
+
+
+def test_the_cached_scan_is_redone_when_a_file_changes(user_manifest: Path) -> None:
+    first = datamodule(manifest=str(user_manifest)).scan_result()
+    again = datamodule(manifest=str(user_manifest))
+    again._scan = None  # a second scan of unchanged files must come from the cache
+    assert again.scan_result() == first
+    (user_manifest.parent / "img3.jpg").write_bytes(b"no longer a picture")
+    changed = datamodule(manifest=str(user_manifest)).scan_result()
+    assert changed["skipped"]["corrupt"] == first["skipped"]["corrupt"] + 1
