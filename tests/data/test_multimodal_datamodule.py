@@ -20,9 +20,10 @@ from constellation_kit.data.media import SKIP_REASONS
 from constellation_kit.data.multimodal_datamodule import AUDIO_TOKEN, IMAGE_TOKEN
 from constellation_kit.data.packing import IGNORE_INDEX
 from constellation_kit.data.sampler import ResumableSampler
+from constellation_kit.data.splits import is_validation
 from constellation_kit.data.tokenizer import END_OF_TEXT
 from constellation_kit.errors import ConfigError
-from constellation_kit.model import AudioEncoder, GroupedQueryAttention, TimmVisionEncoder, Transformer
+from constellation_kit.model import GroupedQueryAttention, TimmVisionEncoder, Transformer
 from constellation_kit.train import MultimodalLanguageModel
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}
@@ -245,17 +246,26 @@ class HistoryLogger(Logger):
             self.history.setdefault(key, []).append((step, value))
 
 
-def test_load_time_skips_from_workers_reach_the_loggers_as_a_running_total(user_manifest: Path) -> None:
+def test_load_time_skips_from_workers_reach_the_loggers_as_a_running_total(tmp_path: Path) -> None:
     # xl.yaml's setting: no scan, loader workers. Each bad file in the training split is loaded once in
     # the epoch, in a worker; its count must come back with the batch and be logged from the main process.
     # (A recording logger stands in for MLflow: the kit's MLflow logger takes whatever reaches trainer.loggers,
     # and creating an MLflow SQLite store costs more than this whole test.)
-    dm = datamodule(manifest=str(user_manifest), scan_media=False, num_workers=2, global_batch_size=1)
+    # Pictures only, a few rows: a handful of steps. Two bad files named so that both land in the training split.
+    lines = []
+    for i in range(8):
+        Image.new("RGB", (20, 20), (i * 30, 0, 0)).save(tmp_path / f"img{i}.jpg")
+        lines.append({"image": f"img{i}.jpg", "text": f"red level {i}"})
+    bad_names = [n for n in (f"bad{i}.jpg" for i in range(50)) if not is_validation(n, 3, 0.3)][:2]
+    (tmp_path / bad_names[0]).write_bytes(b"not a picture")  # corrupt; bad_names[1] is never written: missing
+    lines += [{"image": name, "text": "bad"} for name in bad_names]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dm = datamodule(manifest=str(manifest), scan_media=False, num_workers=2, global_batch_size=1)
     model = MultimodalLanguageModel(
         network=partial(Transformer, d_model=32, n_layers=1, attention=partial(GroupedQueryAttention, n_heads=2)),
         vocab_size=dm.vocab_size,
         vision_encoder=partial(TimmVisionEncoder, num_tokens=4, backbone_kwargs=TINY_VIT),
-        audio_encoder=partial(AudioEncoder, width=16, n_layers=1, n_heads=2, num_tokens=3),
     )
     logger = HistoryLogger()
     trainer = L.Trainer(
@@ -263,9 +273,9 @@ def test_load_time_skips_from_workers_reach_the_loggers_as_a_running_total(user_
         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
     )
     trainer.fit(model, datamodule=dm)
-    bad = {"broken.jpg": "corrupt", "truncated.wav": "corrupt", "gone.png": "missing"}
-    expected = Counter(bad[Path(i.path).name] for i in dm.train_dataset.bank.items if Path(i.path).name in bad)
-    assert expected and not dm.skipped  # bad files were trained on as blanks, all counted in workers
+    assert sorted(Path(i.path).name for i in dm.train_dataset.bank.items if i.text == "bad") == sorted(bad_names)
+    expected = {"corrupt": 1, "missing": 1}
+    assert not dm.skipped  # bad files were trained on as blanks, all counted in workers
     totals = [value for _, value in logger.history["data/skipped_items"]]
     assert len(totals) == trainer.global_step + 1  # step 0 from setup, then every step
     assert totals[0] == 0.0 and totals == sorted(totals) and totals[-1] == sum(expected.values())  # a running total
