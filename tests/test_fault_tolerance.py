@@ -113,6 +113,18 @@ def test_sharded_checkpoint_resumes_at_another_world_size(
         assert moved[step] == pytest.approx(expected[step], rel=1e-5)
 
 
+# Imports first (their time varies by seconds between processes on a busy machine), then a file
+# rendezvous, then the console script: the ranks reach the data preparation together, every time.
+START_TOGETHER = """
+import os, pathlib, sys, time
+from constellation_kit.cli import main
+ready = pathlib.Path(sys.argv[1]); ready.mkdir(exist_ok=True); (ready / os.environ["RANK"]).touch()
+while len(list(ready.iterdir())) < int(os.environ["WORLD_SIZE"]):
+    time.sleep(0.01)
+main(sys.argv[2:])
+"""
+
+
 def launch_like_torchrun(cwd: Path, cache: Path, world_size: int, *args: str) -> list[str]:
     """Start ``world_size`` ranks at once, as torchrun does (each its own process from the start,
     rendezvous by environment), with ``cache`` as their cache; return each rank's stderr.
@@ -130,7 +142,8 @@ def launch_like_torchrun(cwd: Path, cache: Path, world_size: int, *args: str) ->
                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": str(world_size), "RANK": str(rank),
                "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world_size), "GROUP_RANK": "0"}
         with open(logs[rank], "w") as stderr:
-            procs.append(subprocess.Popen(command(*args), cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr))
+            procs.append(subprocess.Popen([sys.executable, "-c", START_TOGETHER, str(cwd / "ready"), *command(*args)[3:]],
+                                          cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr))
     deadline = time.monotonic() + 600
     while any(proc.poll() is None for proc in procs):
         if any(proc.poll() not in (None, 0) for proc in procs) or time.monotonic() > deadline:
