@@ -7,6 +7,7 @@ resume-safety tests at the end run in-process: the resumes they check are refuse
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pytest
 
 from constellation_kit.cli import ConstellationCLI, main
 from constellation_kit.data import MultimodalDataModule
-from conftest import REPO, SMALL_DATA, TINY
+from conftest import REPO, SMALL_DATA, TINY, free_port
 
 FSDP2 = ["--trainer.strategy=constellation_kit.train.FSDP2Strategy", "--trainer.strategy.mixed_precision=false"]
 # The world-size tests check an exact invariant (per-step losses to 1e-5 at any world size), which holds
@@ -122,13 +123,69 @@ def test_sharded_checkpoint_resumes_at_another_world_size(
         assert moved[step] == pytest.approx(expected[step], rel=1e-5)
 
 
+# Imports first (their time varies by seconds between processes on a busy machine), then a file
+# rendezvous, then the console script: the ranks reach the data preparation together, every time.
+START_TOGETHER = """
+import os, pathlib, sys, time
+from constellation_kit.cli import main
+ready = pathlib.Path(sys.argv[1]); ready.mkdir(exist_ok=True); (ready / os.environ["RANK"]).touch()
+while len(list(ready.iterdir())) < int(os.environ["WORLD_SIZE"]):
+    time.sleep(0.01)
+main(sys.argv[2:])
+"""
+
+
+def launch_like_torchrun(cwd: Path, cache: Path, world_size: int, *args: str) -> list[str]:
+    """Start ``world_size`` ranks at once, as torchrun does (each its own process from the start,
+    rendezvous by environment), with ``cache`` as their cache; return each rank's stderr.
+
+    Unlike Lightning's own launcher, which runs rank 0's command line to the trainer before it starts
+    the others, every rank reaches the data at the same moment: the start-up race this exercises.
+    """
+    # The MLflow store is created here first: every rank instantiates the logger, and two processes
+    # creating one SQLite store at once race in its schema migrations ("duplicate column name").
+    mlflow.MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}").search_experiments()
+    port = str(free_port())
+    procs, logs = [], [cwd / f"rank{rank}.stderr" for rank in range(world_size)]
+    for rank in range(world_size):
+        env = {**environment(), "CONSTELLATION_KIT_CACHE": str(cache), "TORCHELASTIC_RUN_ID": "test",
+               "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port, "WORLD_SIZE": str(world_size), "RANK": str(rank),
+               "LOCAL_RANK": str(rank), "LOCAL_WORLD_SIZE": str(world_size), "GROUP_RANK": "0"}
+        with open(logs[rank], "w") as stderr:
+            procs.append(subprocess.Popen([sys.executable, "-c", START_TOGETHER, str(cwd / "ready"), *command(*args)[3:]],
+                                          cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=stderr))
+    deadline = time.monotonic() + 600
+    while any(proc.poll() is None for proc in procs):
+        if any(proc.poll() not in (None, 0) for proc in procs) or time.monotonic() > deadline:
+            for proc in procs:  # one rank failed: the others would wait for it at a collective forever
+                proc.kill()
+        time.sleep(0.2)
+    errors = [log.read_text() for log in logs]
+    for rank, (proc, err) in enumerate(zip(procs, errors)):
+        assert proc.returncode == 0, f"rank {rank}: {err[-3000:]}"
+    return errors
+
+
 def test_multimodal_fsdp2_trains_when_one_rank_lacks_a_modality(in_tmp_dir: Path) -> None:
     # Three text documents beside the media: most rows are captioned items, and on some steps one rank
     # holds images (or audio) and the other none. Every rank must still run every sharded encoder, or
     # the collectives desynchronise and the run dies.
     mostly_media = ["--trainer.max_steps=4", *FSDP2, WORLD_SIZE_FREE_BALANCE, "--data.init_args.source.init_args.max_documents=3",
                     '--trainer.callbacks+={"class_path": "test_cli.RecordMediaCounts"}']
-    run(in_tmp_dir, *mostly_media, "--trainer.devices=2", "--trainer.logger.init_args.run_name=two")
+    # Both ranks start at once on a cold cache: the built-in media, the tokenizer and the media scan must
+    # each be prepared by one process while the other waits, and both ranks must train on the same items.
+    cache = in_tmp_dir / "cold-cache"
+    errors = launch_like_torchrun(in_tmp_dir, cache, 2, *mostly_media, "--trainer.devices=2",
+                                  "--trainer.logger.init_args.run_name=two")
+    both = "".join(errors)
+    assert both.count("Generating 200 built-in pictures") == 1, both[-3000:]
+    assert both.count("Training a 512-token byte-level BPE tokenizer") == 1, both[-3000:]
+    assert both.count("Scanning 400 media files") == 1, both[-3000:]
+    assert len(list((cache / "tokenizers").glob("*.json"))) == 1
+    assert [p.name for p in (cache / "media").iterdir() if p.is_dir()] == [f"synthetic-{p.stem[10:]}" for p in
+                                                                             (cache / "media").glob("*.lock")]
+    digests = [re.findall(r"media items ([0-9a-f]{12})", err) for err in errors]
+    assert len(digests[0]) == 1 and digests[0] == digests[1], digests  # both ranks hold the same items
     counts = [json.loads(line) for line in (in_tmp_dir / "media_counts.jsonl").read_text().splitlines()]
     by_step = {}
     for row in counts:
@@ -137,7 +194,11 @@ def test_multimodal_fsdp2_trains_when_one_rank_lacks_a_modality(in_tmp_dir: Path
                 if len(rows) == 2 and min(r[m] for r in rows) == 0 < max(r[m] for r in rows)]
     assert lopsided, f"no step had one rank without a modality: {counts}"
 
-    run(in_tmp_dir, *mostly_media, "--trainer.devices=1", "--trainer.logger.init_args.run_name=one")
+    env = {**environment(), "CONSTELLATION_KIT_CACHE": str(cache)}
+    result = subprocess.run(command(*mostly_media, "--trainer.devices=1", "--trainer.logger.init_args.run_name=one"),
+                            cwd=in_tmp_dir, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Training a " not in result.stderr and "Scanning " not in result.stderr  # the warm cache serves it
     two, one = losses(in_tmp_dir, "two"), losses(in_tmp_dir, "one")
     assert sorted(two) == sorted(one) == [0, 1, 2, 3]
     # Not equal to 1e-5 as text is: each rank averages over its own scored tokens (placeholders are

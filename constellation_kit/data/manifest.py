@@ -35,14 +35,24 @@ def read_manifest(path: str | Path) -> list[ManifestItem]:
     """Parse a JSONL manifest; media paths are resolved relative to the manifest's folder.
 
     Lines: ``{"text": ...}``, ``{"image": path, "text": ...}``, ``{"audio": path, "text": ...}``.
-    Blank lines are skipped. A malformed line is a :class:`ConfigError` naming file and line: a
+    Blank lines are skipped. A malformed line (not JSON, no ``"text"`` string, a media path that is
+    not a string, bytes that are not UTF-8) is a :class:`ConfigError` naming file and line: a
     broken manifest is a recipe mistake, unlike a broken media file, which is data to skip.
     """
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"manifest {str(path)!r} does not exist: point data.init_args.manifest at a JSONL file")
+    raw = path.read_bytes()
+    try:
+        content = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        number = raw.count(b"\n", 0, error.start) + 1
+        raise ConfigError(
+            f"{path}:{number}: not UTF-8 (byte {error.start} is {raw[error.start]:#04x}): JSON Lines are UTF-8; "
+            "re-encode the manifest, e.g. iconv -f latin1 -t utf-8"
+        ) from None
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(content.splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -56,6 +66,11 @@ def read_manifest(path: str | Path) -> list[ManifestItem]:
             raise ConfigError(f"{path}:{number}: one line pairs text with one image or one audio file, not both")
         if media:
             written = record[media[0]]
+            if not isinstance(written, str):
+                raise ConfigError(
+                    f"{path}:{number}: \"{media[0]}\" must be a path string (relative to the manifest), "
+                    f"not {json.dumps(written)}"
+                )
             items.append(ManifestItem(media[0], record["text"], str((path.parent / written).resolve()), written))
         else:
             items.append(ManifestItem("text", record["text"]))

@@ -12,6 +12,7 @@ installs everywhere the kit does with pip alone. It reads WAV, FLAC, OGG/Vorbis 
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,21 @@ from timm.data import create_transform, resolve_model_data_config
 SAMPLE_RATE = 16_000
 """Every audio clip is resampled to 16 kHz mono, the rate of Whisper-style log-mel front ends."""
 
+DEFAULT_MAX_MEDIA_BYTES = 64 * 1024 * 1024
+"""64 MiB: far above any image or clip a model of this kind trains on (a 10 s 48 kHz stereo 24-bit
+WAV is 3 MB), far below what would stall a loader worker or exhaust its memory."""
+
+SKIP_REASONS = ("missing", "unreadable", "corrupt", "too_large", "decompression_bomb", "non_finite")
+"""Every :attr:`MediaError.reason`, in a fixed order: batches count their blanks in this order."""
+
 
 class MediaError(Exception):
-    """A media file that cannot be used; ``reason`` is ``missing``, ``unreadable`` or ``corrupt``."""
+    """A media file that cannot be used; ``reason`` is one of :data:`SKIP_REASONS`:
+
+    ``missing``, ``unreadable`` (a folder, no permission), ``corrupt`` (the decoder rejects it),
+    ``too_large`` (over the size cap), ``decompression_bomb`` (an image of more than PIL's
+    ``Image.MAX_IMAGE_PIXELS``), ``non_finite`` (audio samples that are NaN or infinite).
+    """
 
     def __init__(self, reason: str, path: str | Path, detail: str = "") -> None:
         super().__init__(f"{reason}: {path}{f' ({detail})' if detail else ''}")
@@ -37,11 +50,14 @@ class MediaError(Exception):
         self.path = str(path)
 
 
-def _check_readable(path: Path) -> None:
+def _check_readable(path: Path, max_bytes: int | None) -> None:
     if not path.exists():
         raise MediaError("missing", path)
     if not path.is_file():
         raise MediaError("unreadable", path, "not a file")
+    # The size from the file system, before a byte is read: a 4 GB "image" never reaches a decoder.
+    if max_bytes is not None and (size := path.stat().st_size) > max_bytes:
+        raise MediaError("too_large", path, f"{size} bytes > max_media_bytes={max_bytes}")
     try:
         with open(path, "rb"):
             pass
@@ -49,28 +65,47 @@ def _check_readable(path: Path) -> None:
         raise MediaError("unreadable", path, error.strerror or type(error).__name__) from error
 
 
-def decode_image(path: str | Path) -> Image.Image:
-    """Decode an image file fully into an RGB PIL image (raises :class:`MediaError`)."""
+def decode_image(path: str | Path, max_bytes: int | None = DEFAULT_MAX_MEDIA_BYTES) -> Image.Image:
+    """Decode an image file fully into an RGB PIL image (raises :class:`MediaError`).
+
+    Files over ``max_bytes`` (``None``: no cap) are refused unread. Images of more pixels than
+    ``PIL.Image.MAX_IMAGE_PIXELS`` are refused from their header: PIL only warns between one and
+    two times that limit, and a few hundred bytes of PNG can declare gigapixels, so the warning is
+    made an error here whatever the process's warning filters say.
+    """
     path = Path(path)
-    _check_readable(path)
+    _check_readable(path, max_bytes)
     try:
-        with Image.open(path) as image:
-            image.load()  # decode every byte now: a truncated JPEG fails here, not mid-training
-            return image.convert("RGB")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as image:
+                image.load()  # decode every byte now: a truncated JPEG fails here, not mid-training
+                return image.convert("RGB")
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise MediaError("decompression_bomb", path, str(error)) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise MediaError("corrupt", path, str(error)) from error
 
 
-def decode_audio(path: str | Path, sample_rate: int = SAMPLE_RATE) -> torch.Tensor:
-    """Decode an audio file to a mono float32 waveform (samples,) at ``sample_rate`` (raises :class:`MediaError`)."""
+def decode_audio(
+    path: str | Path, sample_rate: int = SAMPLE_RATE, max_bytes: int | None = DEFAULT_MAX_MEDIA_BYTES
+) -> torch.Tensor:
+    """Decode an audio file to a mono float32 waveform (samples,) at ``sample_rate`` (raises :class:`MediaError`).
+
+    Files over ``max_bytes`` (``None``: no cap) are refused unread; a clip with a NaN or infinite
+    sample (float WAV/FLAC can hold them) is refused too: one NaN reaching the log-mel front end
+    makes the loss NaN.
+    """
     path = Path(path)
-    _check_readable(path)
+    _check_readable(path, max_bytes)
     try:
         data, rate = soundfile.read(path, dtype="float32", always_2d=True)  # (samples, channels)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as error:
         raise MediaError("corrupt", path, str(error)) from error
     if data.shape[0] == 0:
         raise MediaError("corrupt", path, "no samples")
+    if not np.isfinite(data).all():
+        raise MediaError("non_finite", path, f"{int((~np.isfinite(data)).sum())} NaN or infinite samples")
     waveform = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))  # mono: average the channels
     if rate != sample_rate:
         waveform = _resampler(rate, sample_rate)(waveform)

@@ -1,6 +1,7 @@
 """The multimodal DataModule: text, image-text and audio-text examples mixed in one run."""
 
 import hashlib
+import json
 import logging
 import random
 from collections import Counter
@@ -9,13 +10,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
+import soundfile
 import torch
 from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
 
 from constellation_kit.data import generated_media
+from constellation_kit.data.cache import exclusive, write_atomically
 from constellation_kit.data.manifest import ManifestItem, read_manifest
-from constellation_kit.data.media import MediaError, clip_samples, decode_audio, decode_image, fit_length, image_transform
+from constellation_kit.data.media import (
+    DEFAULT_MAX_MEDIA_BYTES,
+    MediaError,
+    clip_samples,
+    decode_audio,
+    decode_image,
+    fit_length,
+    image_transform,
+)
 from constellation_kit.data.media_rows import MediaRows, item_tokens, pack_media_items
 from constellation_kit.data.multimodal_dataset import (
     Choice,
@@ -38,6 +50,7 @@ log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<|image|>"
 AUDIO_TOKEN = "<|audio|>"
 PLACEHOLDERS = {"image": IMAGE_TOKEN, "audio": AUDIO_TOKEN}
+SCAN_VERSION = 1  # bump when what the scan checks changes: it keys the cached scan results
 
 
 class MultimodalDataModule(TextDataModule):
@@ -50,10 +63,16 @@ class MultimodalDataModule(TextDataModule):
     :mod:`~constellation_kit.data.multimodal_dataset`. Without a ``manifest`` the built-in
     generated pictures and sounds are written to the cache and read back like a user's files.
 
-    Every media file is decoded once in :meth:`setup`; a missing, unreadable or corrupt one is
-    skipped, counted by reason in :attr:`skipped`, logged, and sent to the trainer's loggers as
-    ``data/skipped_items``; the run goes on. A file that breaks
-    after that scan is replaced by a blank whose caption is not trained on (counted too).
+    Every media file is decoded once, by one process, in :meth:`prepare_data` (the result is
+    cached, and broadcast from rank 0 in :meth:`setup` so every rank trains on the same items); a
+    bad one (:data:`~constellation_kit.data.media.SKIP_REASONS`: missing, unreadable, corrupt,
+    too large, a decompression bomb, non-finite audio) is skipped, counted by reason in
+    :attr:`skipped`, logged, and sent to the trainer's loggers as ``data/skipped_items`` and
+    ``data/skipped_<reason>``; the run goes on. A file that breaks after that scan (or is never
+    scanned: ``scan_media: false``) is replaced by a blank whose caption is not trained on; each
+    batch carries the count of its blanks (``media_skipped``), which
+    :class:`~constellation_kit.train.MultimodalLanguageModel` adds to those metrics, summed over
+    loader workers and ranks, as the run goes.
 
     Validation also holds multiple-choice grounding questions (:meth:`grounding_dataloader`): for
     each held-out media item (up to ``grounding_items`` per modality), its caption and
@@ -81,6 +100,9 @@ class MultimodalDataModule(TextDataModule):
             packing. ``False`` skips the scan (a corpus of millions of files, where every rank would
             spend hours decoding): a bad file is then found when it is loaded, becomes a blank whose
             caption is not trained on, and is counted the same way.
+        max_media_bytes: media files larger than this many bytes are skipped (``too_large``)
+            without being read; ``None`` lifts the cap. The default, 64 MiB, is far above any
+            image or clip a model of this kind trains on.
         (the rest as in :class:`TextDataModule`)
     """
 
@@ -101,6 +123,7 @@ class MultimodalDataModule(TextDataModule):
         caption_choices: int = 4,
         grounding_items: int = 200,
         scan_media: bool = True,
+        max_media_bytes: int | None = DEFAULT_MAX_MEDIA_BYTES,
         seq_len: int = 256,
         global_batch_size: int = 32,
         val_fraction: float = 0.05,
@@ -122,8 +145,14 @@ class MultimodalDataModule(TextDataModule):
         self.audio_samples = clip_samples(audio_seconds)
         self.caption_choices, self.grounding_items = caption_choices, grounding_items
         self.scan_media = scan_media
+        if max_media_bytes is not None and max_media_bytes < 1:
+            raise ConfigError(f"max_media_bytes={max_media_bytes} must be positive, or null for no cap")
+        self.max_media_bytes = max_media_bytes
         self.skipped: Counter = Counter()
-        """Media files skipped, by reason (``missing``, ``unreadable``, ``corrupt``)."""
+        """Media files skipped in this process, by reason: the scan's, then loads that failed here
+        (in loader workers those land in the workers' copies; batches carry them instead)."""
+        self.scan_skipped: Counter = Counter()
+        """The scan's share of :attr:`skipped`: the same on every rank."""
         self._items: list[ManifestItem] | None = None
         self._placeholder_ids: dict[str, int] | None = None
         self.grounding: dict[str, GroundingDataset] = {}
@@ -193,10 +222,10 @@ class MultimodalDataModule(TextDataModule):
             self.image_backbone, self.image_size, training, self.image_augmentation, self.image_backbone_kwargs
         )
         def load_image(item: ManifestItem) -> torch.Tensor:
-            return transform(decode_image(item.path))  # (3, H, W)
+            return transform(decode_image(item.path, self.max_media_bytes))  # (3, H, W)
 
         def load_audio(item: ManifestItem) -> torch.Tensor:
-            waveform = decode_audio(item.path)
+            waveform = decode_audio(item.path, max_bytes=self.max_media_bytes)
             spare = max(0, waveform.shape[0] - self.audio_samples)
             offset = random.randint(0, spare) if training and spare else 0  # a random crop of long clips (seeded per item)
             return fit_length(waveform, self.audio_samples, offset)  # (samples,)
@@ -206,45 +235,102 @@ class MultimodalDataModule(TextDataModule):
     def _blanks(self) -> dict[str, torch.Tensor]:
         return {"image": torch.zeros(3, self.image_size, self.image_size), "audio": torch.zeros(self.audio_samples)}
 
-    def _usable(self, items: list[ManifestItem]) -> list[ManifestItem]:
-        """The items whose files decode; the rest are counted in :attr:`skipped` and logged."""
-        decoders = {"image": decode_image, "audio": decode_audio}
-        usable: list[ManifestItem] = []
+    def _scan(self, items: list[ManifestItem]) -> dict[str, Any]:
+        """Decode every item once: ``{"usable": [index, ...], "skipped": {reason: n}, "first": [message, ...]}``."""
+        decoders = {
+            "image": partial(decode_image, max_bytes=self.max_media_bytes),
+            "audio": partial(decode_audio, max_bytes=self.max_media_bytes),
+        }
+        usable: list[int] = []
+        skipped: Counter = Counter()
         first: list[str] = []
-        for item in items:
+        for index, item in enumerate(items):
             try:
                 decoders[item.modality](item.path)
             except MediaError as error:
-                self.skipped[error.reason] += 1
+                skipped[error.reason] += 1
                 if len(first) < 5:
                     first.append(str(error))
                 continue
-            usable.append(item)
-        if first:
-            counts = ", ".join(f"{reason}={n}" for reason, n in sorted(self.skipped.items()))
-            log.warning("skipped %d media files (%s); first: %s", sum(self.skipped.values()), counts, "; ".join(first))
-        return usable
+            usable.append(index)
+        return {"usable": usable, "skipped": dict(skipped), "first": first}
 
-    def _log_skipped(self) -> None:
-        """Send the setup scan's skip counts to the run's loggers (MLflow), not only to the console.
+    def _scan_cache_path(self, items: list[ManifestItem]) -> Path:
+        """Where the scan of ``items`` is cached: keyed by every file's path, size and mtime, the size
+        cap and the decoders' versions, so replacing or fixing one file means a fresh scan."""
+        digest = hashlib.sha256(
+            f"v{SCAN_VERSION}|{self.max_media_bytes}|{PIL.__version__}|{soundfile.__version__}".encode()
+        )
+        for item in items:
+            try:
+                stat = Path(item.path).stat()
+                digest.update(f"\n{item.path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+            except OSError:
+                digest.update(f"\n{item.path}|-".encode())
+        return self.cache_dir / "media-scans" / f"{digest.hexdigest()[:16]}.json"
+
+    def scan_result(self) -> dict[str, Any]:
+        """The media scan of the manifest (see :meth:`_scan`), done once per cache by one process.
+
+        Cached because every rank (and every later run on the same files) needs the same answer:
+        one process decodes under the cache lock and writes the result atomically; the others
+        wait and read it.
+        """
+        media = [item for item in self.items if item.modality != "text"]
+        path = self._scan_cache_path(media)
+        if not path.is_file():
+            with exclusive(path.with_suffix(".lock"), "the media scan"):
+                if not path.is_file():
+                    log.info("Scanning %d media files (cached at %s)", len(media), path)
+                    result = self._scan(media)
+                    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(result)))
+        return json.loads(path.read_text())
+
+    def _usable(self, items: list[ManifestItem]) -> list[ManifestItem]:
+        """The items whose files decode, agreed by every rank; the rest are counted in :attr:`skipped` and logged.
+
+        Rank 0's scan is broadcast: with a node-local cache each node scanned for itself, and a
+        file that read differently on two nodes (a flaky mount) must not leave the ranks with
+        different datasets, whose lengths and batches would no longer line up.
+        """
+        result = self.scan_result()
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and getattr(trainer, "world_size", 1) > 1:
+            result = trainer.strategy.broadcast(result, src=0)
+        self.scan_skipped = Counter(result["skipped"])
+        self.skipped.update(self.scan_skipped)
+        if result["first"]:
+            counts = ", ".join(f"{reason}={n}" for reason, n in sorted(self.scan_skipped.items()))
+            log.warning(
+                "skipped %d media files (%s); first: %s",
+                sum(self.scan_skipped.values()), counts, "; ".join(result["first"]),
+            )
+        return [items[i] for i in result["usable"]]
+
+    def _skip_metrics(self) -> dict[str, float]:
+        """The setup scan's skip counts for the run's loggers (MLflow), not only the console.
 
         ``data/skipped_items`` is the total (0 too, so a clean run says so) and
-        ``data/skipped_<reason>`` each reason's share, at step 0. Without a trainer or logger (a
-        DataModule used on its own) there is nowhere to send them.
+        ``data/skipped_<reason>`` each reason's share, logged at step 0; the LightningModule
+        carries them on as running totals with what the batches report.
         """
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return
-        metrics = {"data/skipped_items": float(sum(self.skipped.values()))}
-        metrics.update({f"data/skipped_{reason}": float(n) for reason, n in sorted(self.skipped.items())})
-        for logger in trainer.loggers:  # rank-zero only inside Lightning's loggers
-            logger.log_metrics(metrics, step=0)
+        metrics = {"data/skipped_items": float(sum(self.scan_skipped.values()))}
+        metrics.update({f"data/skipped_{reason}": float(n) for reason, n in sorted(self.scan_skipped.items())})
+        return metrics
 
     # -- splits --------------------------------------------------------------------------------
 
     def prepare_data(self) -> None:
-        """Write the built-in media once (rank 0 of each node); tokenising happens in :meth:`setup`."""
+        """Write the built-in media, train the tokenizer and scan the media, once, into the cache.
+
+        Lightning calls this on local rank 0 of each node, the other ranks waiting at a barrier;
+        the cache lock covers ranks that get here (or to the tokenizer) at once anyway.
+        Tokenising the (small) caption and text lists happens in :meth:`setup`, on every rank.
+        """
         self._manifest_path()
+        self.tokenizer
+        if self.scan_media:
+            self.scan_result()
 
     def setup(self, stage: str) -> None:
         if self.train_dataset is not None or self.val_dataset is not None:
@@ -252,7 +338,6 @@ class MultimodalDataModule(TextDataModule):
         media = [item for item in self.items if item.modality != "text"]
         if self.scan_media:
             media = self._usable(media)
-        self._log_skipped()
         placeholder_ids, eos = self.placeholder_ids, self.eos_id
         splits = {"train": [], "val": []}
         for item in media:
@@ -264,6 +349,8 @@ class MultimodalDataModule(TextDataModule):
         for item in self.items:
             if item.modality == "text":
                 texts["val" if self._is_val(item) else "train"].append(item.text)
+        non_utf8 = len(self.source.non_utf8_ids) if self.source is not None else 0
+        self._log_data_counts({**self._skip_metrics(), **self._non_utf8_metrics(non_utf8)})
         datasets = {}
         for split in ("train", "val"):
             training = split == "train"
@@ -283,10 +370,13 @@ class MultimodalDataModule(TextDataModule):
                 self.grounding[modality] = GroundingDataset(
                     choices, val_bank, placeholder_ids[modality], self.num_placeholders[modality], eos
                 )
+        # The digest names the exact items, in order: every rank of a run must print the same one.
+        items = hashlib.sha256("\n".join(i.id for split in ("train", "val") for i in splits[split]).encode())
         log.info(
-            "multimodal data: train %d text windows + %d media rows, val %d + %d; grounding questions %s",
+            "multimodal data: train %d text windows + %d media rows, val %d + %d; grounding questions %s; "
+            "media items %s",
             datasets["train"].num_text, len(datasets["train"].rows), datasets["val"].num_text,
-            len(datasets["val"].rows), {m: len(g) for m, g in self.grounding.items()},
+            len(datasets["val"].rows), {m: len(g) for m, g in self.grounding.items()}, items.hexdigest()[:12],
         )
 
     def _pack_text(self, texts: list[str]) -> PackedDataset | None:

@@ -7,7 +7,10 @@ A batch is a dict:
 - ``image``: (M_img, 3, H, W) float, ``audio``: (M_aud, samples) float, stacked in the row-major
   order of their placeholders, so item m's tokens fill the m-th run of placeholders;
 - ``image_caption``, ``audio_caption``: (B, T) int64, for each caption token the index of its item
-  in ``image``/``audio`` (-1 elsewhere), for losses that pair a media item with its text.
+  in ``image``/``audio`` (-1 elsewhere), for losses that pair a media item with its text;
+- ``media_skipped``: (len(SKIP_REASONS),) int64, the items of this batch that failed to load and
+  stand as blanks, by reason. The batch is the one thing a loader worker sends back, so this is
+  how failures found in workers (whose counters are copies) reach the trainer and its loggers.
 """
 
 import contextlib
@@ -22,7 +25,7 @@ import torch
 from torch.utils.data import Dataset
 
 from constellation_kit.data.manifest import ManifestItem
-from constellation_kit.data.media import MediaError
+from constellation_kit.data.media import SKIP_REASONS, MediaError
 from constellation_kit.data.media_rows import MediaRows
 from constellation_kit.data.packing import IGNORE_INDEX, PackedDataset
 
@@ -71,18 +74,24 @@ class MediaBank:
     def epoch(self) -> int:
         return getattr(self.epoch_source, "epoch", 0)
 
-    def load(self, index: int) -> tuple[torch.Tensor, bool]:
-        """The item's tensor and whether it loaded; a failure (a file changed since the scan) yields a blank."""
+    def load(self, index: int) -> tuple[torch.Tensor, str | None]:
+        """The item's tensor and ``None``, or, when it fails (a file changed since the scan, or never
+        scanned), a blank and the failure's reason."""
         item = self.items[index]
         try:
             if self.augment_seed is None:
-                return self.loaders[item.modality](item), True
+                return self.loaders[item.modality](item), None
             with seeded(self.augment_seed, self.epoch, index):
-                return self.loaders[item.modality](item), True
+                return self.loaders[item.modality](item), None
         except MediaError as error:
             self.failures[error.reason] += 1
             log.warning("skipping %s at load time: %s", item.modality, error)
-            return self.blanks[item.modality], False
+            return self.blanks[item.modality], error.reason
+
+
+def no_skips() -> torch.Tensor:
+    """A zero count per skip reason, (len(SKIP_REASONS),) int64."""
+    return torch.zeros(len(SKIP_REASONS), dtype=torch.int64)
 
 
 def media_row(rows: MediaRows, bank: MediaBank, r: int, placeholder_ids: dict[str, int]) -> dict:
@@ -96,11 +105,13 @@ def media_row(rows: MediaRows, bank: MediaBank, r: int, placeholder_ids: dict[st
     example = {"tokens": tokens, "targets": targets, "document_ids": documents[:-1]}
     media: dict[str, list[torch.Tensor]] = {m: [] for m in placeholder_ids}
     captions = {m: torch.full_like(tokens, -1) for m in placeholder_ids}
+    skipped = no_skips()
     for span in rows.spans[r]:
         modality = bank.items[span.item].modality
-        tensor, ok = bank.load(span.item)
+        tensor, failure = bank.load(span.item)
         caption = slice(span.start + span.num_placeholders, span.start + span.num_placeholders + span.caption_len)
-        if not ok:
+        if failure is not None:
+            skipped[SKIP_REASONS.index(failure)] += 1
             # Keep the placeholders (the shapes must match) but learn nothing from a blank.
             targets[max(caption.start - 1, 0) : caption.stop - 1] = IGNORE_INDEX
         captions[modality][caption.start : min(caption.stop, len(tokens))] = len(media[modality])
@@ -109,6 +120,7 @@ def media_row(rows: MediaRows, bank: MediaBank, r: int, placeholder_ids: dict[st
         example[f"{modality}_mask"] = tokens == token_id
         example[f"{modality}_caption"] = captions[modality]
         example[modality] = media[modality]
+    example["media_skipped"] = skipped
     return example
 
 
@@ -119,6 +131,7 @@ def text_row(dataset: PackedDataset, index: int, modalities: tuple[str, ...]) ->
         example[f"{modality}_mask"] = torch.zeros_like(example["tokens"], dtype=torch.bool)
         example[f"{modality}_caption"] = torch.full_like(example["tokens"], -1)
         example[modality] = []
+    example["media_skipped"] = no_skips()
     return example
 
 
@@ -170,7 +183,9 @@ class GroundingDataset(Dataset):
 
 def collate_mixed(examples: list[dict], modalities: tuple[str, ...], blanks: dict[str, torch.Tensor]) -> dict:
     """Stack a list of :class:`MixedDataset` examples into one batch (module docstring)."""
-    batch = {key: torch.stack([e[key] for e in examples]) for key in examples[0] if key not in modalities}
+    sums = ("media_skipped",)  # counts per batch, not per row
+    batch = {key: torch.stack([e[key] for e in examples]) for key in examples[0] if key not in (*modalities, *sums)}
+    batch["media_skipped"] = torch.stack([e["media_skipped"] for e in examples]).sum(dim=0)
     for modality in modalities:
         items = [t for e in examples for t in e[modality]]
         batch[modality] = torch.stack(items) if items else blanks[modality].new_zeros((0, *blanks[modality].shape))

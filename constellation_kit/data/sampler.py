@@ -23,9 +23,21 @@ class ResumableSampler(Sampler[int]):
         self.shuffle = shuffle
         self.rank = rank
         self.world_size = world_size
-        self.epoch = 0
+        # In shared memory: loader workers hold copies of the dataset, and through it of this sampler
+        # (the media augmentation seeds read its epoch); persistent workers are started once, so a
+        # plain int set by Lightning in the main process would never reach them after epoch 0.
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self._skip_epoch = -1
         self._skip = 0
+
+    @property
+    def epoch(self) -> int:
+        """The epoch being iterated, the same in every loader worker."""
+        return int(self._epoch)
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
 
     def set_epoch(self, epoch: int) -> None:
         """Called by Lightning at the start of every epoch."""

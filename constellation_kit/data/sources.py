@@ -1,6 +1,8 @@
 """Where documents come from. A source yields documents in a stable order, with stable ids."""
 
+import codecs
 import hashlib
+import logging
 import sys
 import sysconfig
 from abc import ABC, abstractmethod
@@ -8,6 +10,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -21,8 +25,29 @@ class Document:
     text: str
 
 
+def decode_utf8(raw: bytes, truncated: bool = False) -> tuple[str, bool]:
+    """``raw`` as text, and whether any bytes were not UTF-8 (each replaced by U+FFFD).
+
+    With ``truncated`` (``raw`` was cut at a byte limit) an incomplete character at the very end is
+    dropped, not counted: the cut made it, not the file.
+    """
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        return decoder.decode(raw, final=not truncated), False
+    except UnicodeDecodeError:
+        text = codecs.getincrementaldecoder("utf-8")(errors="replace").decode(raw, final=not truncated)
+        return text, True
+
+
 class DocumentSource(ABC):
-    """A corpus: an ordered, repeatable stream of :class:`Document`."""
+    """A corpus: an ordered, repeatable stream of :class:`Document`.
+
+    A source that decodes bytes records the ids of documents that held invalid UTF-8 in
+    :attr:`non_utf8_ids` as it yields them; the DataModules log how many there were.
+    """
+
+    non_utf8_ids: frozenset[str] = frozenset()
+    """Ids of the documents seen so far whose bytes were not all UTF-8 (kept, bad bytes replaced)."""
 
     @abstractmethod
     def documents(self) -> Iterator[Document]:
@@ -77,9 +102,22 @@ class PythonStdlibSource(DocumentSource):
         return files[: self.max_documents] if self.max_documents is not None else files
 
     def documents(self) -> Iterator[Document]:
+        """Each file's text; bytes that are not UTF-8 become U+FFFD and the file is counted.
+
+        Such a file is kept, not dropped: a few replaced bytes leave the rest of a source file
+        worth training on, and dropping it would move the train/validation split and the
+        tokenizer's corpus for every document after it in a cached run.
+        """
+        bad = set(self.non_utf8_ids)
         for relative in self._files:
-            raw = (self.root / relative).read_bytes()[: self.max_bytes_per_document]
-            yield Document(id=relative.as_posix(), text=raw.decode("utf-8", errors="replace"))
+            raw = (self.root / relative).read_bytes()
+            cut = len(raw) > self.max_bytes_per_document
+            text, replaced = decode_utf8(raw[: self.max_bytes_per_document], truncated=cut)
+            if replaced and relative.as_posix() not in bad:
+                bad.add(relative.as_posix())
+                self.non_utf8_ids = frozenset(bad)
+                log.warning("%s: bytes that are not UTF-8, replaced by U+FFFD (document kept)", self.root / relative)
+            yield Document(id=relative.as_posix(), text=text)
 
     def fingerprint(self) -> str:
         listing = "\n".join(f"{p.as_posix()}:{(self.root / p).stat().st_size}" for p in self._files)

@@ -12,7 +12,7 @@ from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
 from constellation_kit.data.batching import micro_batch_size
-from constellation_kit.data.cache import default_cache_dir, write_atomically
+from constellation_kit.data.cache import default_cache_dir, exclusive, write_atomically
 from constellation_kit.data.packing import PackedDataset, pack_documents
 from constellation_kit.data.sampler import ResumableSampler
 from constellation_kit.data.seeded_loader import SeededLoader
@@ -123,10 +123,20 @@ class TextDataModule(L.LightningDataModule):
         return self.cache_dir / "tokens" / f"{key}.npz"
 
     def prepare_data(self) -> None:
-        """Tokenise both splits once (rank 0 of each node) and cache them."""
+        """Train the tokenizer and tokenise both splits once, into the cache.
+
+        Lightning calls this on local rank 0 of each node while the other ranks wait at a barrier;
+        the cache lock makes it safe also when every rank calls it at once (a DataModule used
+        outside a Trainer, or ranks started by torchrun that ask for the vocabulary first).
+        """
         path = self._split_cache_path()
         if path.is_file():
             return
+        with exclusive(path.with_suffix(".lock"), f"the tokenised corpus {path.name}"):
+            if not path.is_file():  # tokenised by another process while this one waited
+                self._tokenise(path)
+
+    def _tokenise(self, path: Path) -> None:
         log.info("Tokenising the corpus into %s", path)
         splits: dict[str, list[np.ndarray]] = {"train": [], "val": []}
         docs = list(self.source.documents())
@@ -144,6 +154,8 @@ class TextDataModule(L.LightningDataModule):
                 )
             arrays[f"{split}_tokens"] = np.concatenate(token_lists)
             arrays[f"{split}_lengths"] = np.array([len(t) for t in token_lists], dtype=np.int64)
+        # A property of the corpus, kept with its tokens: a warm cache never reads the text again.
+        arrays["non_utf8_documents"] = np.array(len(getattr(self.source, "non_utf8_ids", ())), dtype=np.int64)
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as f:
@@ -160,9 +172,33 @@ class TextDataModule(L.LightningDataModule):
         except ValueError as error:
             raise ConfigError(f"the {split} split is too small: {error}. Use more documents or a shorter seq_len") from error
 
+    def _log_data_counts(self, metrics: dict[str, float]) -> None:
+        """Send counts about the data (skipped items, replaced bytes) to the run's loggers at step 0.
+
+        Without a trainer or logger (a DataModule used on its own) there is nowhere to send them.
+        """
+        trainer = getattr(self, "trainer", None)
+        if trainer is None:
+            return
+        for logger in trainer.loggers:  # rank-zero only inside Lightning's loggers
+            logger.log_metrics(metrics, step=0)
+
+    def _non_utf8_metrics(self, count: int) -> dict[str, float]:
+        """Warn about ``count`` documents whose bad bytes were replaced; their metric for the loggers."""
+        if count:
+            log.warning(
+                "%d documents held bytes that are not UTF-8; they are kept with those bytes replaced by U+FFFD "
+                "(data/non_utf8_documents)", count,
+            )
+        return {"data/non_utf8_documents": float(count)}
+
     def setup(self, stage: str) -> None:
         if not self._split_cache_path().is_file():
             self.prepare_data()  # direct use outside a Trainer, or a node without a shared cache
+        if self.train_dataset is None and self.val_dataset is None:
+            with np.load(self._split_cache_path()) as arrays:
+                count = int(arrays["non_utf8_documents"]) if "non_utf8_documents" in arrays else 0
+            self._log_data_counts(self._non_utf8_metrics(count))
         if stage == "fit" and self.train_dataset is None:
             self.train_dataset = self._load_split("train")
         if stage in ("fit", "validate") and self.val_dataset is None:

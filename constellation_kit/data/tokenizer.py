@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from constellation_kit.data.cache import write_atomically
+from constellation_kit.data.cache import exclusive, write_atomically
 from constellation_kit.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -52,6 +52,12 @@ class ByteLevelBPE:
         cached = cache_dir / "tokenizers" / f"bpe-{self.vocab_size}-{key}.json"
         if cached.is_file():
             return Tokenizer.from_file(str(cached))
+        with exclusive(cached.with_suffix(".lock"), f"the tokenizer {cached.name}"):
+            if cached.is_file():  # trained by another rank while this one waited
+                return Tokenizer.from_file(str(cached))
+            return self._train(texts, cached)
+
+    def _train(self, texts: Callable[[], Iterable[str]], cached: Path) -> Tokenizer:
         log.info("Training a %d-token byte-level BPE tokenizer (cached at %s)", self.vocab_size, cached)
         tokenizer = Tokenizer(models.BPE())
         tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

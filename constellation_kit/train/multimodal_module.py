@@ -21,6 +21,7 @@ from torch import nn
 from torch.distributed.fsdp import FSDPModule
 from torch.optim import Optimizer
 
+from constellation_kit.data.media import SKIP_REASONS
 from constellation_kit.data.packing import IGNORE_INDEX
 from constellation_kit.model.balance import BalanceLoss
 from constellation_kit.model.placeholders import write_at_placeholders
@@ -47,7 +48,10 @@ class MultimodalLanguageModel(LanguageModel):
     Logged besides the base metrics: ``train/alignment_loss`` (when enabled) and, after every
     validation, ``val/image_caption_acc`` and ``val/audio_caption_acc``: the fraction of held-out
     items whose own caption the model finds most likely among the data's ``caption_choices``
-    candidates (chance is ``1 / caption_choices``).
+    candidates (chance is ``1 / caption_choices``); and ``data/skipped_items`` with
+    ``data/skipped_<reason>``, running totals of the media items skipped so far: the data module's
+    setup scan plus the training batches' blanks (``media_skipped``), summed over loader workers
+    and ranks.
 
     Args:
         network, vocab_size, optimizer, scheduler, balance: as in :class:`LanguageModel`.
@@ -93,6 +97,7 @@ class MultimodalLanguageModel(LanguageModel):
         self.encoders: nn.ModuleDict | None = None
         self.projectors: nn.ModuleDict | None = None
         self._alignment_pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._skipped_here: torch.Tensor | None = None  # this rank's blanks so far, by SKIP_REASONS
 
     # -- building ----------------------------------------------------------------------------
 
@@ -182,6 +187,33 @@ class MultimodalLanguageModel(LanguageModel):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.frozen[modality]):
             encoded = self.encoders[modality](media)  # (M, N, E)
         return self.projectors[modality](encoded)
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | dict:
+        self._log_skipped_items(batch)
+        return super().training_step(batch, batch_idx)
+
+    def _log_skipped_items(self, batch: dict[str, torch.Tensor]) -> None:
+        """Add the batch's blanks to this rank's running count and log the total over all ranks.
+
+        A blank is counted in the loader worker that made it, whose counters die with it, so the
+        count rides in the batch (``media_skipped``). The setup scan's skips, the same on every rank,
+        are added by rank 0 alone. One all-reduce of a (len(SKIP_REASONS),) vector per step, beside
+        the loss's.
+        """
+        skipped = batch.get("media_skipped")
+        if skipped is None:
+            return
+        self._skipped_here = skipped if self._skipped_here is None else self._skipped_here + skipped
+        total = self._skipped_here.clone()
+        datamodule = getattr(self.trainer, "datamodule", None)
+        scanned = getattr(datamodule, "scan_skipped", None)
+        if scanned and self.trainer.global_rank == 0:
+            total += torch.tensor([scanned.get(r, 0) for r in SKIP_REASONS], device=total.device)
+        total = self.trainer.strategy.reduce(total, reduce_op="sum").float()
+        # Tensors, not numbers: Lightning reads them (one host sync) only when it writes a log line.
+        # Every reason, zeros too: the same keys on every rank and every step, and a clean run says so.
+        self.log("data/skipped_items", total.sum())
+        self.log_dict({f"data/skipped_{reason}": count for reason, count in zip(SKIP_REASONS, total)})
 
     def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list, torch.Tensor]:
         loss, routing, logits = super()._loss(batch)

@@ -2,6 +2,8 @@
 
 import io
 import json
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -93,4 +95,69 @@ def test_manifest_resolves_paths_relative_to_itself(tmp_path: Path) -> None:
     assert items[1].path == str(tmp_path / "sub" / "img" / "a.png") and items[2].path == str(tmp_path / "b.wav")
     manifest.write_text('{"image": "x.png"}\n')
     with pytest.raises(ConfigError, match="m.jsonl:1"):
+        read_manifest(manifest)
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG signature, an IHDR declaring ``width`` x ``height`` RGB pixels, and IEND: a decompression
+    bomb's front, as small as the real thing (a few hundred bytes declaring gigapixels)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("side", [10_000, 20_000], ids=["warning-range", "error-range"])
+def test_a_decompression_bomb_is_skipped_under_its_own_reason(tmp_path: Path, side: int) -> None:
+    # 10k x 10k = 1e8 pixels: over PIL's MAX_IMAGE_PIXELS (8.9e7), where PIL only warns; 20k x 20k is
+    # over twice it, where PIL raises DecompressionBombError. Both are refused before any pixel is decoded.
+    (tmp_path / "bomb.png").write_bytes(png_header(side, side))
+    with pytest.raises(MediaError) as error:
+        decode_image(tmp_path / "bomb.png")
+    assert error.value.reason == "decompression_bomb"
+
+
+def test_files_over_the_size_cap_are_skipped_unread(tmp_path: Path) -> None:
+    big = tmp_path / "big.png"
+    with open(big, "wb") as f:  # sparse: 65 MiB of nothing on disk; decoding it would say "corrupt"
+        f.truncate(65 * 1024 * 1024)
+    with pytest.raises(MediaError) as error:
+        decode_image(big)
+    assert error.value.reason == "too_large" and "max_media_bytes=67108864" in str(error.value)
+    soundfile.write(tmp_path / "clip.wav", np.zeros(1600, dtype=np.float32), 16_000)
+    size = (tmp_path / "clip.wav").stat().st_size
+    with pytest.raises(MediaError, match="too_large"):
+        decode_audio(tmp_path / "clip.wav", max_bytes=size - 1)
+    assert decode_audio(tmp_path / "clip.wav", max_bytes=size).shape == (1600,)  # at the cap: fine
+    assert decode_image(write_png(tmp_path / "small.png"), max_bytes=None).size == (4, 4)  # None: no cap
+
+
+def write_png(path: Path) -> Path:
+    Image.new("RGB", (4, 4)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf], ids=["nan", "inf"])
+def test_audio_with_non_finite_samples_is_skipped(tmp_path: Path, bad: float) -> None:
+    samples = np.full(1600, 0.1, dtype=np.float32)
+    samples[::100] = bad
+    soundfile.write(tmp_path / "bad.wav", samples, 16_000, subtype="FLOAT")  # float WAV keeps NaN and inf
+    with pytest.raises(MediaError) as error:
+        decode_audio(tmp_path / "bad.wav")
+    assert error.value.reason == "non_finite" and "16 NaN or infinite" in str(error.value)
+
+
+@pytest.mark.parametrize("value", ["3", "[\"a.png\", \"b.png\"]", "null"])
+def test_a_media_path_that_is_not_a_string_names_file_and_line(tmp_path: Path, value: str) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text(f'{{"text": "fine"}}\n{{"image": {value}, "text": "a picture"}}\n')
+    with pytest.raises(ConfigError, match=r'm\.jsonl:2: "image" must be a path string'):
+        read_manifest(manifest)
+
+
+def test_a_manifest_that_is_not_utf8_names_file_line_and_byte(tmp_path: Path) -> None:
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_bytes('{"text": "fine"}\n{"text": "café"}\n'.encode("latin-1"))
+    with pytest.raises(ConfigError, match=r"m\.jsonl:2: not UTF-8 \(byte 30 is 0xe9\)"):
         read_manifest(manifest)

@@ -1,7 +1,10 @@
 """The multimodal DataModule: bad files skipped and counted, batches laid out as the model expects."""
 
 import json
+from collections import Counter
+from functools import partial
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -9,12 +12,19 @@ import soundfile
 import torch
 from PIL import Image
 
+import lightning as L
+from lightning.pytorch.loggers import Logger
+
 from constellation_kit.data import ByteLevelBPE, MultimodalDataModule
+from constellation_kit.data.media import SKIP_REASONS
 from constellation_kit.data.multimodal_datamodule import AUDIO_TOKEN, IMAGE_TOKEN
 from constellation_kit.data.packing import IGNORE_INDEX
 from constellation_kit.data.sampler import ResumableSampler
+from constellation_kit.data.splits import is_validation
 from constellation_kit.data.tokenizer import END_OF_TEXT
 from constellation_kit.errors import ConfigError
+from constellation_kit.model import GroupedQueryAttention, TimmVisionEncoder, Transformer
+from constellation_kit.train import MultimodalLanguageModel
 
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 1, "embed_dim": 32, "num_heads": 2}
 
@@ -159,7 +169,7 @@ def test_skip_counts_reach_the_trainers_loggers(tmp_path: Path) -> None:
     logger = RecordingLogger()
     dm.trainer = type("Trainer", (), {"loggers": [logger]})()
     dm.setup("fit")
-    assert logger.calls == [({"data/skipped_items": 1.0, "data/skipped_corrupt": 1.0}, 0)]
+    assert logger.calls == [({"data/skipped_items": 1.0, "data/skipped_corrupt": 1.0, "data/non_utf8_documents": 0.0}, 0)]
     dm.setup("validate")  # already set up: not counted or logged twice
     assert len(logger.calls) == 1
 
@@ -180,3 +190,127 @@ def test_without_the_scan_bad_files_become_blanks_when_loaded(user_manifest: Pat
         for index in range(len(split)):
             split[index]  # every example loads; the three bad files come back as blanks
     assert dict(dm.skipped) == {"corrupt": 2, "missing": 1}
+
+
+def batches(dm: MultimodalDataModule, epochs: int) -> list[dict]:
+    """Every training batch of ``epochs`` epochs, the sampler's epoch set first as Lightning does."""
+    loader = dm.train_dataloader()
+    out = []
+    for epoch in range(epochs):
+        loader.sampler.set_epoch(epoch)
+        out += list(loader)
+    return out
+
+
+def test_loader_workers_give_the_same_batches_in_the_same_order(user_manifest: Path) -> None:
+    # Augmentation on: each item's crop is seeded from (seed, epoch, item), so it must not depend on
+    # which process loads it; and the second epoch must see the epoch that was set after the workers started.
+    common = dict(manifest=str(user_manifest), image_augmentation={"scale": [0.3, 1.0]})
+    single = datamodule(**common)
+    single.setup("fit")
+    workers = datamodule(**common, num_workers=2)
+    workers.setup("fit")
+    expected, got = batches(single, 2), batches(workers, 2)
+    assert len(got) == len(expected) > 2
+    for a, b in zip(expected, got):
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_blanks_made_in_loader_workers_are_counted_in_the_batches(user_manifest: Path) -> None:
+    dm = datamodule(manifest=str(user_manifest), scan_media=False, num_workers=2, global_batch_size=1)
+    dm.setup("fit")
+    counts = sum(batch["media_skipped"] for batch in dm.train_dataloader())
+    bad = {"broken.jpg": "corrupt", "truncated.wav": "corrupt", "gone.png": "missing"}
+    expected = Counter(bad[Path(i.path).name] for i in dm.train_dataset.bank.items if Path(i.path).name in bad)
+    assert expected  # at least one bad file is in the training split
+    assert dict(zip(SKIP_REASONS, counts.tolist())) == {r: expected.get(r, 0) for r in SKIP_REASONS}
+    assert not dm.skipped  # this process loaded nothing: the counts came back in the batches
+
+
+class HistoryLogger(Logger):
+    """A Lightning logger that keeps every metric's history, as MLflow would: ``history[name] = [(step, value)]``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.history: dict[str, list[tuple[int, float]]] = {}
+
+    name, version = "history", 0
+
+    def log_hyperparams(self, params, *args, **kwargs) -> None:
+        pass
+
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        for key, value in metrics.items():
+            self.history.setdefault(key, []).append((step, value))
+
+
+def test_load_time_skips_from_workers_reach_the_loggers_as_a_running_total(tmp_path: Path) -> None:
+    # xl.yaml's setting: no scan, loader workers. Each bad file in the training split is loaded once in
+    # the epoch, in a worker; its count must come back with the batch and be logged from the main process.
+    # (A recording logger stands in for MLflow: the kit's MLflow logger takes whatever reaches trainer.loggers,
+    # and creating an MLflow SQLite store costs more than this whole test.)
+    # Pictures only, a few rows: a handful of steps. Two bad files named so that both land in the training split.
+    lines = []
+    for i in range(8):
+        Image.new("RGB", (20, 20), (i * 30, 0, 0)).save(tmp_path / f"img{i}.jpg")
+        lines.append({"image": f"img{i}.jpg", "text": f"red level {i}"})
+    bad_names = [n for n in (f"bad{i}.jpg" for i in range(50)) if not is_validation(n, 3, 0.3)][:2]
+    (tmp_path / bad_names[0]).write_bytes(b"not a picture")  # corrupt; bad_names[1] is never written: missing
+    lines += [{"image": name, "text": "bad"} for name in bad_names]
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    dm = datamodule(manifest=str(manifest), scan_media=False, num_workers=2, global_batch_size=1)
+    model = MultimodalLanguageModel(
+        network=partial(Transformer, d_model=32, n_layers=1, attention=partial(GroupedQueryAttention, n_heads=2)),
+        vocab_size=dm.vocab_size,
+        vision_encoder=partial(TimmVisionEncoder, num_tokens=4, backbone_kwargs=TINY_VIT),
+    )
+    logger = HistoryLogger()
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, limit_val_batches=0, log_every_n_steps=1, logger=logger,
+        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+    )
+    trainer.fit(model, datamodule=dm)
+    assert sorted(Path(i.path).name for i in dm.train_dataset.bank.items if i.text == "bad") == sorted(bad_names)
+    expected = {"corrupt": 1, "missing": 1}
+    assert not dm.skipped  # bad files were trained on as blanks, all counted in workers
+    totals = [value for _, value in logger.history["data/skipped_items"]]
+    assert len(totals) == trainer.global_step + 1  # step 0 from setup, then every step
+    assert totals[0] == 0.0 and totals == sorted(totals) and totals[-1] == sum(expected.values())  # a running total
+    for reason in SKIP_REASONS:
+        assert logger.history[f"data/skipped_{reason}"][-1][1] == expected.get(reason, 0)
+
+
+def test_every_rank_trains_on_rank_zeros_scan(user_manifest: Path) -> None:
+    # Rank 0's node read one more file as corrupt than this rank's did (a flaky mount, a node-local cache):
+    # this rank must take rank 0's answer, or the ranks' datasets, lengths and batches would differ.
+    local = datamodule(manifest=str(user_manifest)).scan_result()
+    rank0 = {**local, "usable": local["usable"][1:], "skipped": {**local["skipped"], "corrupt": local["skipped"]["corrupt"] + 1}}
+    broadcasts = []
+
+    class Strategy:
+        @staticmethod
+        def broadcast(obj, src=0):
+            broadcasts.append((obj, src))
+            return rank0
+
+    dm = datamodule(manifest=str(user_manifest))
+    dm.trainer = SimpleNamespace(loggers=[], world_size=2, strategy=Strategy())
+    dm.setup("fit")
+    assert broadcasts == [(local, 0)]
+    media = [i for i in dm.items if i.modality != "text"]
+    held = {i.path for split in (dm.train_dataset, dm.val_dataset) for i in split.bank.items}
+    assert media[local["usable"][0]].path not in held and len(held) == len(rank0["usable"])
+    assert dm.scan_skipped == Counter(rank0["skipped"]) == dm.skipped
+
+
+def test_the_cached_scan_is_redone_when_a_file_changes(user_manifest: Path) -> None:
+    first = datamodule(manifest=str(user_manifest)).scan_result()
+    again = datamodule(manifest=str(user_manifest))
+    again._scan = None  # a second scan of unchanged files must come from the cache
+    assert again.scan_result() == first
+    (user_manifest.parent / "img3.jpg").write_bytes(b"no longer a picture")
+    changed = datamodule(manifest=str(user_manifest)).scan_result()
+    assert changed["skipped"]["corrupt"] == first["skipped"]["corrupt"] + 1

@@ -28,3 +28,16 @@ def test_the_standard_library_is_walked_once(monkeypatch: pytest.MonkeyPatch) ->
     assert again.fingerprint() == fingerprint
     assert len(walks) == 2
 
+
+
+def test_documents_that_are_not_utf8_are_kept_and_counted(tmp_path: Path) -> None:
+    (tmp_path / "latin1.py").write_bytes("# café\nx = 1\n".encode("latin-1"))  # 0xe9: not UTF-8
+    (tmp_path / "cut.py").write_bytes(("x" * 9 + "é").encode("utf-8"))  # the cap cuts é (2 bytes) in half
+    (tmp_path / "fine.py").write_text("y = 'ü'\n", encoding="utf-8")
+    source = PythonStdlibSource(max_bytes_per_document=10)
+    source.root = tmp_path  # a corpus made here, not the interpreter's
+    documents = {d.id: d.text for d in source.documents()}
+    assert documents == {"latin1.py": "# caf\ufffd\nx =", "cut.py": "x" * 9, "fine.py": "y = 'ü'\n"}
+    assert source.non_utf8_ids == {"latin1.py"}  # the cut is the cap's doing, not the file's
+    list(source.documents())
+    assert len(source.non_utf8_ids) == 1  # counted once, however often the corpus is read

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -43,12 +45,25 @@ def test_tokenizer_round_trips_and_is_cached(datamodule: TextDataModule, session
     assert list((session_cache / "tokenizers").glob("bpe-512-*.json"))
 
 
-def test_same_seed_same_data() -> None:
-    kwargs = dict(source=PythonStdlibSource(max_documents=30), tokenizer=ByteLevelBPE(vocab_size=512), seq_len=32)
-    a, b = TextDataModule(**kwargs), TextDataModule(**kwargs)
-    a.setup("fit")
-    b.setup("fit")
+def test_same_seed_same_data(tmp_path: Path) -> None:
+    # Two caches: each build trains its own tokenizer and tokenises the corpus itself, so this compares two
+    # independent builds (as on two machines), not one cached build with itself. One source object: its
+    # directory walk is the slow part, and what is compared is what each build makes of the same files.
+    source = PythonStdlibSource(max_documents=12)
+
+    def build(cache: str) -> TextDataModule:
+        dm = TextDataModule(
+            source=source, tokenizer=ByteLevelBPE(vocab_size=400), seq_len=32,
+            val_fraction=0.2, cache_dir=str(tmp_path / cache),
+        )
+        dm.setup("fit")
+        return dm
+
+    a, b = build("a"), build("b")
+    assert a._split_cache_path() != b._split_cache_path() and b._split_cache_path().is_file()
+    assert a.tokenizer.to_str() == b.tokenizer.to_str()
     np.testing.assert_array_equal(a.train_dataset.packed.tokens, b.train_dataset.packed.tokens)
+    np.testing.assert_array_equal(a.val_dataset.packed.tokens, b.val_dataset.packed.tokens)
     assert list(a.train_dataloader().sampler) == list(b.train_dataloader().sampler)
 
 
