@@ -105,6 +105,33 @@ class ConstellationCLI(LightningCLI):
         global_batch = getattr(self.datamodule, "global_batch_size", None)
         if global_batch is not None:
             micro_batch_size(global_batch, self.trainer.accumulate_grad_batches, self.trainer.world_size)
+        self._check_media_tokens()
+
+    def _check_media_tokens(self) -> None:
+        """The data's placeholders per item must equal what each encoder emits per item.
+
+        Checked here, where both the data module and the model exist, rather than linked with
+        ``parser.link_arguments``: a link would hide one of the two numbers from the recipe, and the
+        encoders are optional (``null`` in the text-only ablation). Without the check the mismatch
+        surfaces only at the first media batch, minutes in. Encoders are built on the meta device.
+        """
+        placeholders = getattr(self.datamodule, "num_placeholders", None)
+        factories = getattr(self.model, "encoder_factories", None)
+        if not isinstance(placeholders, dict) or not isinstance(factories, dict):
+            return
+        names = {"image": ("image_tokens", "vision_encoder"), "audio": ("audio_tokens", "audio_encoder")}
+        for modality, factory in factories.items():
+            if factory is None or modality not in placeholders or modality not in names:
+                continue
+            with torch.device("meta"):
+                produced = getattr(factory(), "num_tokens", None)
+            if produced is not None and produced != placeholders[modality]:
+                data_key, encoder_key = names[modality]
+                raise ConfigError(
+                    f"data {data_key}={placeholders[modality]} but the {encoder_key}'s num_tokens={produced}: "
+                    f"each {modality} fills {data_key} placeholder tokens with the encoder's outputs, so set "
+                    f"data.init_args.{data_key} and model.init_args.{encoder_key}.init_args.num_tokens to the same value"
+                )
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
         # Atomic checkpoint writes unless the recipe chose its own CheckpointIO. Added here rather
@@ -228,9 +255,28 @@ def main(args: list[str] | None = None) -> None:
     _show_kit_info_logs()
     try:
         ConstellationCLI(args=args)
-    except ConfigError as error:
-        print(f"constellation-kit: error: {error}", file=sys.stderr)
+    except Exception as error:
+        config_error = _config_error_in(error)
+        if config_error is None:
+            raise
+        print(f"constellation-kit: error: {config_error}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _config_error_in(error: BaseException) -> ConfigError | None:
+    """The :class:`ConfigError` ``error`` is or wraps, if any.
+
+    jsonargparse re-raises an exception from a constructor it instantiates (``dispatch:``, a
+    dataclass) as a ValueError of its own, "Does not validate against any of the Union subtypes",
+    chained through ``__cause__``/``__context__``: the user's one-line message is inside it.
+    """
+    seen: set[int] = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, ConfigError):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return None
 
 
 if __name__ == "__main__":

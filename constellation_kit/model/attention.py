@@ -79,6 +79,12 @@ class GroupedQueryAttention(nn.Module):
     ) -> None:
         super().__init__()
         n_kv_heads = n_heads if n_kv_heads is None else n_kv_heads
+        # Checked before any division: a zero here would otherwise surface as a ZeroDivisionError.
+        if n_heads < 1 or n_kv_heads < 1:
+            raise ConfigError(
+                f"n_heads={n_heads} and n_kv_heads={n_kv_heads} must be at least 1: set the attention's "
+                "n_heads to a divisor of d_model (e.g. d_model / 64) and n_kv_heads to a divisor of n_heads"
+            )
         if head_dim is None:
             if d_model % n_heads:
                 raise ConfigError(
@@ -87,6 +93,13 @@ class GroupedQueryAttention(nn.Module):
                     "or set the attention's head_dim explicitly"
                 )
             head_dim = d_model // n_heads
+        if head_dim < 2 or head_dim % 2:
+            # RoPE rotates (x[:hd/2], x[hd/2:]) pairs: an odd width leaves one channel without a partner.
+            raise ConfigError(
+                f"head dimension {head_dim} (d_model={d_model} / n_heads={n_heads}, or head_dim) must be even "
+                "and at least 2, because RoPE rotates channels in pairs: choose d_model and n_heads so that "
+                "d_model / n_heads is even (e.g. a multiple of 64), or set an even head_dim"
+            )
         if n_heads % n_kv_heads:
             raise ConfigError(
                 f"n_heads={n_heads} is not divisible by n_kv_heads={n_kv_heads}: each key/value head "
@@ -135,6 +148,18 @@ class GroupedQueryAttention(nn.Module):
         y = backend(q, k, v, layout, self.window, dropout_p)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(batch, seq_len, self.n_heads * self.head_dim)  # (B, T, H*hd)
         return self.out_proj(y)
+
+    def attended_context(self, seq_len: int) -> float:
+        """Keys a query attends on average over a ``seq_len`` sequence, for FLOP counting.
+
+        The area of the causal mask over ``seq_len`` rows, in the continuous convention of PaLM's
+        ``T / 2`` (half the T x T square): a global layer ``T / 2``; a local layer the band of width
+        ``W`` under the diagonal, ``T·W - W²/2`` in all, so ``W - W² / (2T)`` per query (``T / 2``
+        again when ``W = T``). Packed documents are ignored: their masks are data, not configuration.
+        """
+        if self.window is None or self.window >= seq_len:
+            return seq_len / 2
+        return self.window - self.window**2 / (2 * seq_len)
 
     def extra_repr(self) -> str:
         window = f", window={self.window}" if self.window is not None else ""

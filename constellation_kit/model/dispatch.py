@@ -18,6 +18,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from constellation_kit.errors import ConfigError
 from constellation_kit.model.experts import SwiGLUExperts
 from constellation_kit.model.router import RouterOutput
 
@@ -32,7 +33,11 @@ class Dispatcher:
 
     def __init__(self, capacity_factor: float | None = None) -> None:
         if capacity_factor is not None and capacity_factor <= 0:
-            raise ValueError(f"capacity_factor={capacity_factor} must be positive (or None for dropless)")
+            raise ConfigError(
+                f"capacity_factor={capacity_factor} must be positive: each expert keeps at most "
+                "ceil(capacity_factor * tokens * top_k / experts) token copies, so 0 or less would drop every "
+                "token. Use e.g. 1.25 (GShard), or null for dropless dispatch"
+            )
         self.capacity_factor = capacity_factor
 
     def run_experts(

@@ -129,7 +129,7 @@ class RotaryEmbedding(nn.Module):
     def __init__(self, head_dim: int, base: float = 10_000.0, scaling: RopeScaling | None = None) -> None:
         super().__init__()
         if head_dim % 2:
-            raise ValueError(f"RoPE needs an even head_dim, got {head_dim}")
+            raise ConfigError(f"RoPE needs an even head_dim (it rotates channels in pairs), got {head_dim}")
         self.head_dim = head_dim
         self.base = base
         self.scaling = scaling or RopeScaling()

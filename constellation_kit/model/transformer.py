@@ -134,6 +134,12 @@ class Transformer(nn.Module):
             )
         if moe_every < 1:
             raise ConfigError(f"moe_every={moe_every} must be at least 1 (1 = every block is MoE)")
+        if moe is not None and moe_every > n_layers:
+            # Block i is MoE when (i + 1) % moe_every == 0: past the depth, no block would be.
+            raise ConfigError(
+                f"moe_every={moe_every} is larger than n_layers={n_layers}, so no block would be MoE: "
+                f"use a moe_every between 1 and {n_layers}, or set moe: null for a dense model"
+            )
         self.vocab_size = vocab_size
         self.d_model = d_model
         self.n_layers = n_layers
