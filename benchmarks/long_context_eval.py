@@ -1,7 +1,7 @@
 """Read a long-context checkpoint at other lengths and RoPE scalings: MQAR accuracy side by side.
 
     python benchmarks/long_context_eval.py --ckpt_path runs/long-context/.../last.ckpt \
-        [--recipes recipes/tiny.yaml recipes/variants/long-context.yaml] [--factor 2]
+        [--recipes recipes/long-context.yaml] [--factor 2]
 
 Runs ``constellation-kit validate`` in-process on the same checkpoint: at the trained length without
 scaling, then at ``factor`` x the trained length without scaling and with each context-extension
@@ -36,7 +36,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--ckpt_path", required=True, type=Path)
     parser.add_argument("--recipes", nargs="+",
-                        default=[str(REPO / "recipes" / "tiny.yaml"), str(REPO / "recipes" / "variants" / "long-context.yaml")])
+                        default=[str(REPO / "recipes" / "long-context.yaml")])
     parser.add_argument("--trained_len", type=int, default=128, help="data.seq_len the checkpoint was trained at")
     parser.add_argument("--factor", type=float, default=2.0)
     parser.add_argument("--scalings", nargs="+", default=["yarn", "ntk", "linear"])

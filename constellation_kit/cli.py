@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+import yaml
 from jsonargparse import ArgumentParser, Namespace, lazy_instance
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -80,6 +81,19 @@ class ConstellationCLI(LightningCLI):
             args=args,
             run=run,
         )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        # A recipe may build on another with a top-level `config: base.yaml`. jsonargparse loads that
+        # file, but then checks the recipe's own `model:`/`trainer:` blocks against the values from
+        # *before* it, so a partial `model: {init_args: {...}}` would silently drop the base's model.
+        # Giving each base as an earlier --config makes a recipe compose key by key, as a stack does.
+        if isinstance(args, (dict, Namespace)):
+            return super().parse_arguments(parser, args)
+        argv = sys.argv[1:] if args is None else list(args)
+        expanded = with_recipe_bases(argv)
+        if expanded == argv:
+            return super().parse_arguments(parser, args)
+        self.config = parser.parse_args(expanded)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         # The tokenizer decides the vocabulary; the model is sized from it, never by hand.
@@ -202,7 +216,10 @@ class ConstellationCLI(LightningCLI):
             return
         config = self.config[self.subcommand]
         logger = config.trainer.logger
-        recipes = [Path(str(p)) for p in (config.get("config") or [])]
+        # Runs are named by the recipes the user stacked, not by the bases those recipes build on.
+        given = [getattr(p, "absolute", str(p)) for p in (config.get("config") or [])]
+        bases = {b for p in given for b in recipe_bases(Path(p))}
+        recipes = [Path(p) for p in given if Path(p).resolve() not in bases]
         if isinstance(logger, Namespace) and _is_class(logger, MLflowRunLogger):
             init = logger.init_args
             if init.run_name is None:
@@ -222,6 +239,56 @@ class ConstellationCLI(LightningCLI):
         if ckpt is not None and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).exists():
             # A sharded checkpoint is a directory, a single-process one a file: either will do.
             raise ConfigError(f"--ckpt_path {ckpt}: no such checkpoint file. Check the path, or use --ckpt_path last")
+
+
+def recipe_bases(recipe: Path) -> list[Path]:
+    """The recipes ``recipe`` builds on through its top-level ``config:`` key, innermost first.
+
+    Paths resolve beside the file that names them, as jsonargparse resolves them.
+    """
+    found: list[Path] = []
+
+    def visit(path: Path, seen: tuple[Path, ...]) -> None:
+        try:
+            named = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else None
+        except (OSError, yaml.YAMLError):
+            return  # not a readable recipe: jsonargparse reports it
+        named = named.get("config") if isinstance(named, dict) else None
+        for name in [named] if isinstance(named, str) else (named or []):
+            base = (path.parent / str(name)).resolve()
+            if base not in seen:
+                visit(base, (*seen, base))
+                if base not in found:
+                    found.append(base)
+
+    visit(recipe.resolve(), (recipe.resolve(),))
+    return found
+
+
+def with_recipe_bases(argv: list[str]) -> list[str]:
+    """``argv`` with each ``--config`` recipe's bases inserted as ``--config`` just before it (once)."""
+    out: list[str] = []
+    given: set[Path] = set()
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        value = None
+        if arg.startswith("--config="):
+            value, step = arg.split("=", 1)[1], [arg]
+        elif arg == "--config" and i + 1 < len(argv):
+            value, step = argv[i + 1], [arg, argv[i + 1]]
+            i += 1
+        i += 1
+        if value is None:
+            out.append(arg)
+            continue
+        for base in recipe_bases(Path(value)):
+            if base not in given:
+                given.add(base)
+                out.append(f"--config={base}")
+        given.add(Path(value).resolve())
+        out.extend(step)
+    return out
 
 
 def _is_class(namespace: Namespace, cls: type) -> bool:

@@ -10,11 +10,7 @@ from lightning.pytorch import Callback, Trainer
 
 from constellation_kit.cli import COMMANDS, Command, ConstellationCLI, main
 from constellation_kit.model.attention_backends import _log_choice
-from conftest import REPO, SMALL_DATA, TINY, variant_base
-
-RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml"))
-VARIANTS = sorted((REPO / "recipes" / "variants").glob("*.yaml"))
-CALLBACK_PRESETS = sorted((REPO / "callbacks").glob("*.yaml"))
+from conftest import REPO, SMALL_DATA, TINY
 
 
 def print_config(capsys: pytest.CaptureFixture, *configs: str | Path, extra: list[str] = ()) -> dict:
@@ -23,28 +19,6 @@ def print_config(capsys: pytest.CaptureFixture, *configs: str | Path, extra: lis
         main(args)
     assert exit_.value.code in (0, None)
     return yaml.safe_load(capsys.readouterr().out)
-
-
-@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.name)
-def test_every_recipe_parses(recipe: Path, capsys: pytest.CaptureFixture) -> None:
-    config = print_config(capsys, recipe)
-    assert config["model"]["class_path"].startswith("constellation_kit.")
-    assert config["data"]["class_path"].startswith("constellation_kit.")
-
-
-@pytest.mark.parametrize("variant", VARIANTS, ids=lambda p: p.name)
-def test_every_variant_stacks_on_its_base(variant: Path, capsys: pytest.CaptureFixture) -> None:
-    assert print_config(capsys, variant_base(variant), variant)["model"]
-
-
-@pytest.mark.parametrize("preset", CALLBACK_PRESETS, ids=lambda p: p.name)
-def test_every_callback_preset_stacks_on_tiny(preset: Path, capsys: pytest.CaptureFixture) -> None:
-    tiny = print_config(capsys, TINY)
-    stacked = print_config(capsys, TINY, preset)
-    preset_paths = [c["class_path"] for c in yaml.safe_load(preset.read_text())["trainer"].get("callbacks+", [])]
-    stacked_paths = [c["class_path"] for c in stacked["trainer"]["callbacks"]]
-    assert stacked_paths[: len(tiny["trainer"]["callbacks"])] == [c["class_path"] for c in tiny["trainer"]["callbacks"]]
-    assert stacked_paths[len(tiny["trainer"]["callbacks"]) :] == preset_paths
 
 
 def test_later_configs_and_dotted_overrides_win(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The flagship recipe: xl.yaml shrunk by variants/xl-smoke.yaml trains under FSDP2 on 2 CPU processes."""
+"""The flagship recipe: xl.yaml shrunk by xl-smoke.yaml (built on it) trains under FSDP2 on 2 CPU processes."""
 
 import math
 import subprocess
@@ -9,12 +9,11 @@ import mlflow
 from conftest import REPO
 from test_fault_tolerance import environment
 
-XL = REPO / "recipes" / "xl.yaml"
-SMOKE = REPO / "recipes" / "variants" / "xl-smoke.yaml"
+SMOKE = REPO / "recipes" / "xl-smoke.yaml"
 
 
 def test_xl_recipe_at_toy_size_trains_on_two_processes_and_writes_a_sharded_checkpoint(in_tmp_dir) -> None:
-    command = [sys.executable, "-m", "constellation_kit.cli", "fit", f"--config={XL}", f"--config={SMOKE}",
+    command = [sys.executable, "-m", "constellation_kit.cli", "fit", f"--config={SMOKE}",
                "--trainer.max_steps=2", "--trainer.val_check_interval=32",
                "--trainer.callbacks.init_args.every_n_train_steps=2"]
     result = subprocess.run(command, cwd=in_tmp_dir, env=environment(), capture_output=True, text=True, timeout=600)
@@ -22,7 +21,7 @@ def test_xl_recipe_at_toy_size_trains_on_two_processes_and_writes_a_sharded_chec
     # backend: auto, with no CUDA, is SDPA (and says so)
     assert "attention backend auto -> sdpa on cpu" in result.stderr + result.stdout
 
-    (checkpoint,) = (in_tmp_dir / "runs" / "xl-smoke" / "xl+xl-smoke").glob("*/checkpoints/last.ckpt")
+    (checkpoint,) = (in_tmp_dir / "runs" / "xl-smoke" / "xl-smoke").glob("*/checkpoints/last.ckpt")
     assert checkpoint.is_dir() and (checkpoint / ".metadata").is_file()  # sharded: one file per rank
     assert len(list(checkpoint.glob("*.distcp"))) == 2
 
@@ -30,7 +29,7 @@ def test_xl_recipe_at_toy_size_trains_on_two_processes_and_writes_a_sharded_chec
     (run,) = client.search_runs([client.get_experiment_by_name("xl-smoke").experiment_id])
     losses = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "train/loss")}
     assert sorted(losses) == [0, 1] and all(math.isfinite(v) for v in losses.values())
-    # The paper's numbers survive the smoke variant: 16 accumulation micro-batches, AdamW wd 0.01.
+    # The paper's numbers survive the smoke recipe: 16 accumulation micro-batches, AdamW wd 0.01.
     params = run.data.params
     assert params["trainer.accumulate_grad_batches"] == "16"
     assert params["model.init_args.optimizer.init_args.weight_decay"] == "0.01"

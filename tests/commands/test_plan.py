@@ -8,7 +8,7 @@ from constellation_kit.model import AudioEncoder, MLPProjector, TimmVisionEncode
 from conftest import REPO, TINY, XL, variant_base
 
 TEXT_ONLY = f"--config={REPO / 'recipes' / 'variants' / 'text-only.yaml'}"
-RECIPES = [[f"--config={REPO / 'recipes' / name}"] for name in ("tiny.yaml", "small.yaml", "xl.yaml")] + [
+RECIPES = [[f"--config={p}"] for p in sorted((REPO / "recipes").glob("*.yaml")) if p.name != "base.yaml"] + [
     [f"--config={variant_base(variant)}", f"--config={variant}"] for variant in sorted((REPO / "recipes" / "variants").glob("*.yaml"))
 ]
 
