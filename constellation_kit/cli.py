@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-import yaml
 from jsonargparse import ArgumentParser, Namespace, lazy_instance
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
@@ -25,6 +24,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from constellation_kit.data.batching import micro_batch_size
 from constellation_kit.checkpointing import AtomicCheckpointIO, find_last_checkpoint
 from constellation_kit.errors import ConfigError
+from constellation_kit.recipes import recipe_bases, with_recipe_bases
 from constellation_kit.tracking import MLflowRunLogger, SaveConfigToRun, check_run_resumable
 from constellation_kit.train.rng_state import RNGStateCheckpoint
 from constellation_kit.train.module import LanguageModel
@@ -83,10 +83,7 @@ class ConstellationCLI(LightningCLI):
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
-        # A recipe may build on another with a top-level `config: base.yaml`. jsonargparse loads that
-        # file, but then checks the recipe's own `model:`/`trainer:` blocks against the values from
-        # *before* it, so a partial `model: {init_args: {...}}` would silently drop the base's model.
-        # Giving each base as an earlier --config makes a recipe compose key by key, as a stack does.
+        # A recipe's `config: base.yaml` is applied as an earlier --config (constellation_kit.recipes says why).
         if isinstance(args, (dict, Namespace)):
             return super().parse_arguments(parser, args)
         argv = sys.argv[1:] if args is None else list(args)
@@ -239,56 +236,6 @@ class ConstellationCLI(LightningCLI):
         if ckpt is not None and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).exists():
             # A sharded checkpoint is a directory, a single-process one a file: either will do.
             raise ConfigError(f"--ckpt_path {ckpt}: no such checkpoint file. Check the path, or use --ckpt_path last")
-
-
-def recipe_bases(recipe: Path) -> list[Path]:
-    """The recipes ``recipe`` builds on through its top-level ``config:`` key, innermost first.
-
-    Paths resolve beside the file that names them, as jsonargparse resolves them.
-    """
-    found: list[Path] = []
-
-    def visit(path: Path, seen: tuple[Path, ...]) -> None:
-        try:
-            named = yaml.safe_load(path.read_text()) if path.suffix in (".yaml", ".yml") else None
-        except (OSError, yaml.YAMLError):
-            return  # not a readable recipe: jsonargparse reports it
-        named = named.get("config") if isinstance(named, dict) else None
-        for name in [named] if isinstance(named, str) else (named or []):
-            base = (path.parent / str(name)).resolve()
-            if base not in seen:
-                visit(base, (*seen, base))
-                if base not in found:
-                    found.append(base)
-
-    visit(recipe.resolve(), (recipe.resolve(),))
-    return found
-
-
-def with_recipe_bases(argv: list[str]) -> list[str]:
-    """``argv`` with each ``--config`` recipe's bases inserted as ``--config`` just before it (once)."""
-    out: list[str] = []
-    given: set[Path] = set()
-    i = 0
-    while i < len(argv):
-        arg = argv[i]
-        value = None
-        if arg.startswith("--config="):
-            value, step = arg.split("=", 1)[1], [arg]
-        elif arg == "--config" and i + 1 < len(argv):
-            value, step = argv[i + 1], [arg, argv[i + 1]]
-            i += 1
-        i += 1
-        if value is None:
-            out.append(arg)
-            continue
-        for base in recipe_bases(Path(value)):
-            if base not in given:
-                given.add(base)
-                out.append(f"--config={base}")
-        given.add(Path(value).resolve())
-        out.extend(step)
-    return out
 
 
 def _is_class(namespace: Namespace, cls: type) -> bool:

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from constellation_kit.cli import main, with_recipe_bases
+from constellation_kit.cli import main
+from constellation_kit.recipes import with_recipe_bases
 from conftest import REPO, TINY, variant_base
 
 BASE = REPO / "recipes" / "base.yaml"
