@@ -13,7 +13,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import torch
 from jsonargparse import ArgumentParser, Namespace, lazy_instance
@@ -93,6 +93,7 @@ class ConstellationCLI(LightningCLI):
         self.config = parser.parse_args(expanded)
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        _integers_before_floats(parser)
         # The tokenizer decides the vocabulary; the model is sized from it, never by hand.
         parser.link_arguments("data.vocab_size", "model.init_args.vocab_size", apply_on="instantiate")
         parser.add_argument(
@@ -236,6 +237,21 @@ class ConstellationCLI(LightningCLI):
         if ckpt is not None and ckpt not in ("last", "best", "hpc", "registry") and not Path(ckpt).exists():
             # A sharded checkpoint is a directory, a single-process one a file: either will do.
             raise ConfigError(f"--ckpt_path {ckpt}: no such checkpoint file. Check the path, or use --ckpt_path last")
+
+
+def _integers_before_floats(parser: ArgumentParser) -> None:
+    """Let ``--trainer.limit_val_batches 1`` mean one batch again, as Lightning documents.
+
+    Lightning annotates ``limit_*_batches`` and ``overfit_batches`` as ``Union[float, int]``: an int
+    counts batches, a float is a fraction. jsonargparse (4.53 at least) takes the first member of a
+    union that accepts the value, so ``1`` became ``1.0``, which Lightning reads as *all* batches. With
+    ``int`` tried first, ``1`` stays one batch and ``1.0`` (which ``int`` refuses) stays 100%.
+    """
+    for action in parser._actions:
+        hint = getattr(action, "_typehint", None)
+        members = get_args(hint) if get_origin(hint) is Union else ()
+        if action.dest.startswith("trainer.") and float in members and int in members:
+            action._typehint = Union[tuple([int, *(m for m in members if m is not int)])]
 
 
 def _is_class(namespace: Namespace, cls: type) -> bool:
