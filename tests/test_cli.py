@@ -29,6 +29,16 @@ def test_later_configs_and_dotted_overrides_win(capsys: pytest.CaptureFixture, t
     assert (network["d_model"], network["n_layers"]) == (256, 3)
 
 
+def test_an_integer_batch_limit_counts_batches_and_a_float_is_a_fraction(capsys: pytest.CaptureFixture) -> None:
+    # Lightning reads limit_val_batches=1 as one batch and 1.0 as all of them; the parser must keep them apart.
+    trainer = print_config(capsys, TINY, extra=["--trainer.limit_val_batches=1", "--trainer.limit_train_batches=1.0",
+                                                "--trainer.limit_test_batches=0.25", "--trainer.overfit_batches=3"])["trainer"]
+    limits = {key: trainer[key] for key in ("limit_val_batches", "limit_train_batches", "limit_test_batches",
+                                             "overfit_batches")}
+    assert limits == {"limit_val_batches": 1, "limit_train_batches": 1.0, "limit_test_batches": 0.25, "overfit_batches": 3}
+    assert [type(v) for v in limits.values()] == [int, float, float, int]
+
+
 def fit(*args: str) -> ConstellationCLI:
     return ConstellationCLI(args=["fit", f"--config={TINY}", *SMALL_DATA, *args])
 
