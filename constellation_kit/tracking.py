@@ -22,8 +22,17 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 
 
 def resolve_tracking_uri(tracking_uri: str | None) -> str:
-    """The store a run logs to: the recipe's or command line's, else ``$MLFLOW_TRACKING_URI``, else the local default."""
-    return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    """The store a run logs to: the recipe's or command line's, else ``$MLFLOW_TRACKING_URI``, else the local default.
+
+    A relative SQLite path is made absolute against the working directory of now. MLflow keeps one
+    store per URI string for the life of the process, so a relative ``sqlite:///mlflow.db`` would go
+    on meaning the file first opened, whatever the working directory is later (a notebook or a test
+    that runs several experiments in one process would log them all into the first directory's store).
+    """
+    uri = tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
 
 
 def check_run_resumable(tracking_uri: str | None, run_id: str, checkpoint: Path) -> None:
@@ -36,13 +45,8 @@ def check_run_resumable(tracking_uri: str | None, run_id: str, checkpoint: Path)
     uri = resolve_tracking_uri(tracking_uri)
     new_run = (f"or continue it as a new MLflow run from the same checkpoint: --ckpt_path {checkpoint} "
                "(a path, not 'last'), with another --trainer.logger.init_args.run_name if you like")
-    query = uri
-    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        # MLflow keeps one store per URI string for the life of the process: a relative SQLite path
-        # would go on meaning the file first opened, whatever the working directory is now.
-        query = f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
     try:
-        run = MlflowClient(query).get_run(run_id)
+        run = MlflowClient(uri).get_run(run_id)
     except MlflowException as error:
         if error.error_code != "RESOURCE_DOES_NOT_EXIST":
             raise

@@ -4,6 +4,7 @@ import os
 import socket
 from pathlib import Path
 
+import mlflow
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,4 +51,16 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in an empty working directory: runs/ and mlflow.db land there."""
     monkeypatch.chdir(tmp_path)
+    # Lightning's MLflow logger calls mlflow.set_tracking_uri, which also exports MLFLOW_TRACKING_URI:
+    # an earlier in-process run's (absolute) store would become this test's default, and its subprocesses'.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     return tmp_path
+
+
+def tracking_client(workdir: Path | None = None) -> mlflow.MlflowClient:
+    """The MLflow store of ``workdir`` (default: the working directory), by absolute path.
+
+    Never ``sqlite:///mlflow.db``: MLflow caches one store per URI string per process, so a relative
+    URI would read whichever test's store the process opened first.
+    """
+    return mlflow.MlflowClient(f"sqlite:///{(workdir or Path.cwd()).resolve() / 'mlflow.db'}")

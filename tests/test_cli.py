@@ -3,14 +3,13 @@
 import json
 from pathlib import Path
 
-import mlflow
 import pytest
 import yaml
 from lightning.pytorch import Callback, Trainer
 
 from constellation_kit.cli import COMMANDS, Command, ConstellationCLI, main
 from constellation_kit.model.attention_backends import _log_choice
-from conftest import REPO, SMALL_DATA, TINY
+from conftest import REPO, SMALL_DATA, TINY, tracking_client
 
 
 def print_config(capsys: pytest.CaptureFixture, *configs: str | Path, extra: list[str] = ()) -> dict:
@@ -52,7 +51,7 @@ def test_print_config_output_runs_as_printed(capsys: pytest.CaptureFixture, in_t
 
 
 def run_history(run_id: str, key: str) -> dict[int, float]:
-    client = mlflow.MlflowClient("sqlite:///mlflow.db")
+    client = tracking_client()
     return {m.step: m.value for m in client.get_metric_history(run_id, key)}
 
 
@@ -108,7 +107,7 @@ def test_mlflow_run_holds_config_params_tags_and_curves(in_tmp_dir: Path) -> Non
     cli = fit("--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.limit_val_batches=2",
               "--trainer.log_every_n_steps=1")
     run_id = cli.trainer.logger.run_id
-    client = mlflow.MlflowClient("sqlite:///mlflow.db")  # MLflow's local default, in the working directory
+    client = tracking_client()  # MLflow's local default, in the working directory
     run = client.get_run(run_id)
     assert run.info.run_name == "tiny"
     assert run.data.tags["recipes"].endswith("recipes/tiny.yaml")

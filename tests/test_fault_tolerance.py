@@ -40,7 +40,9 @@ def environment() -> dict[str, str]:
     # A fresh launch: no rendezvous or rank variables left in this process by earlier in-process
     # runs (Lightning writes MASTER_PORT and friends into os.environ), or every 2-process run would
     # reuse one port. The checkout under test, and tests/ for the test-only callbacks recipes name.
-    stale = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK"}
+    # MLFLOW_TRACKING_URI: exported by an earlier in-process run's logger (mlflow.set_tracking_uri).
+    stale = {"MASTER_ADDR", "MASTER_PORT", "RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK", "GROUP_RANK",
+             "MLFLOW_TRACKING_URI"}
     env = {k: v for k, v in os.environ.items() if k not in stale and not k.startswith("PL_")}
     return {**env, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")])}
 
@@ -217,6 +219,7 @@ def one_step_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     workdir = tmp_path_factory.mktemp("one-step")
     previous = os.getcwd()
     os.chdir(workdir)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # see conftest.in_tmp_dir
     try:
         ConstellationCLI(args=["fit", f"--config={TINY}", *SMALL_DATA, "--trainer.max_steps=1",
                                "--trainer.limit_val_batches=0", *CHECKPOINT_EVERY_STEP])
@@ -272,5 +275,5 @@ def test_resuming_a_run_directory_moved_without_its_store_says_what_to_do(
 ) -> None:
     shutil.copytree(one_step_run / "runs", in_tmp_dir / "runs")  # moved here; its mlflow.db stayed behind
     err = resume_error(capsys)
-    assert "is not in the tracking store sqlite:///mlflow.db" in err
+    assert f"is not in the tracking store sqlite:///{in_tmp_dir.resolve() / 'mlflow.db'}" in err
     assert "--trainer.logger.init_args.tracking_uri" in err and "--ckpt_path runs/tiny/tiny/" in err

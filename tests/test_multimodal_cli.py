@@ -3,20 +3,19 @@
 import json
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import soundfile
 from PIL import Image
 
 from constellation_kit.cli import ConstellationCLI
-from conftest import REPO, SMALL_DATA, TINY
+from conftest import REPO, SMALL_DATA, TINY, tracking_client
 
 TEXT_ONLY = str(REPO / "recipes" / "variants" / "text-only.yaml")
 SHORT = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2"]
 
 
 def final_metrics(cli: ConstellationCLI) -> dict[str, float]:
-    return mlflow.MlflowClient("sqlite:///mlflow.db").get_run(cli.trainer.logger.run_id).data.metrics
+    return tracking_client().get_run(cli.trainer.logger.run_id).data.metrics
 
 
 def test_tiny_trains_with_both_encoders_and_reports_grounding(in_tmp_dir: Path) -> None:

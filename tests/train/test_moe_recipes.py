@@ -2,14 +2,13 @@
 
 from pathlib import Path
 
-import mlflow
 import pytest
 import torch
 
 from constellation_kit.cli import ConstellationCLI
 from constellation_kit.model import RouterZLoss
 from constellation_kit.train.moe_terms import balance_terms, load_statistics
-from conftest import REPO, SMALL_DATA, TINY
+from conftest import REPO, SMALL_DATA, TINY, tracking_client
 
 VARIANTS = sorted((REPO / "recipes" / "variants").glob("*.yaml"))
 MOE_VARIANTS = [p for p in VARIANTS if p.stem.startswith(("moe-", "router-", "dense"))]
@@ -18,7 +17,7 @@ TWO_STEPS = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--traine
 
 
 def metrics_of(cli: ConstellationCLI) -> dict[str, float]:
-    return mlflow.MlflowClient("sqlite:///mlflow.db").get_run(cli.trainer.logger.run_id).data.metrics
+    return tracking_client().get_run(cli.trainer.logger.run_id).data.metrics
 
 
 @pytest.mark.slow
@@ -44,7 +43,7 @@ def test_variant_trains_two_steps(variant: Path, in_tmp_dir: Path) -> None:
 def test_heatmap_preset_logs_a_png_per_validation(in_tmp_dir: Path) -> None:
     preset = REPO / "callbacks" / "moe-monitoring.yaml"
     cli = ConstellationCLI(args=["fit", f"--config={TINY}", f"--config={preset}", *SMALL_DATA, *TWO_STEPS])
-    client = mlflow.MlflowClient("sqlite:///mlflow.db")
+    client = tracking_client()
     pngs = [a.path for a in client.list_artifacts(cli.trainer.logger.run_id, "expert_load")]
     assert pngs == ["expert_load/step0000000.png", "expert_load/step0000002.png"]  # step-0 baseline and end
     assert (cli.trainer.logger.run_dir / "expert_load" / "step0000002.png").read_bytes()[:4] == b"\x89PNG"

@@ -1,11 +1,10 @@
 from pathlib import Path
 
-import mlflow
 import pytest
 
 from constellation_kit.cli import ConstellationCLI
 from constellation_kit.model.flops import training_flops_per_token
-from conftest import REPO, SMALL_DATA, TINY
+from conftest import REPO, SMALL_DATA, TINY, tracking_client
 
 
 def test_throughput_preset_logs_tokens_and_flops_from_active_parameters(in_tmp_dir: Path) -> None:
@@ -17,7 +16,7 @@ def test_throughput_preset_logs_tokens_and_flops_from_active_parameters(in_tmp_d
     network = cli.model.network
     expected = 4 * 32 * training_flops_per_token(network, 32)  # micro-batch 4 x seq_len 32
     assert cli.model.flops_per_batch == pytest.approx(expected)
-    run = mlflow.MlflowClient("sqlite:///mlflow.db").get_run(cli.trainer.logger.run_id)
+    run = tracking_client().get_run(cli.trainer.logger.run_id)
     assert run.data.metrics["train/device/items_per_sec"] > 0
     assert run.data.metrics["train/device/flops_per_sec"] == pytest.approx(
         run.data.metrics["train/device/batches_per_sec"] * expected, rel=1e-3)
