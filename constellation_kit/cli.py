@@ -266,12 +266,28 @@ def _quiet_known_warnings() -> None:
     warnings.filterwarnings("ignore", message=r".*your dataloader is not resumable.*")
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time, not the stream it first saw.
+
+    A redirected or captured stderr (a notebook cell, pytest's capsys) is replaced and closed
+    between uses; a handler holding the old one prints "--- Logging error ---" tracebacks.
+    """
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass  # always the current sys.stderr
+
+
 def _show_kit_info_logs() -> None:
     # The kit's INFO lines (which attention backend `auto` chose, resuming from where) reach the
     # console like Lightning's own; without a handler Python would print only warnings.
     kit = logging.getLogger("constellation_kit")
     if not kit.handlers:
-        handler = logging.StreamHandler()
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
         kit.addHandler(handler)
         kit.setLevel(logging.INFO)
