@@ -76,6 +76,66 @@ class RecordMediaCounts(Callback):
             f.write(json.dumps(row) + "\n")
 
 
+class RecordLossTerms(Callback):
+    """Appends one record per training micro-batch to ``loss_terms.rank<r>.jsonl``: the loss the optimizer
+    was handed and the parts it was made of, all from this rank (under FSDP2 ``train/loss`` is the mean
+    over ranks, the ``moe/*`` values are this rank's own).
+
+    ``optimised``: ``training_step``'s returned loss (Lightning hands callbacks that loss divided by
+    ``accumulate_grad_batches``; multiplied back here). ``reported``: the loss ``_loss`` returned, which
+    ``training_step`` logs as ``train/loss`` (the LM loss, plus ``alignment_weight x`` the alignment loss
+    in a multimodal module that has one); ``logged_loss``: ``train/loss`` as logged (the mean over ranks).
+    ``balance``: each balance piece's ``moe/<name>`` as logged this micro-batch; ``coefficients``: the
+    pieces' coefficients, read off the model.
+    """
+
+    def setup(self, trainer: Trainer, pl_module, stage: str) -> None:
+        compute = pl_module._loss
+        self.reported: float | None = None
+
+        def recording_loss(batch: dict):
+            result = compute(batch)
+            if pl_module.training:
+                self.reported = float(result[0].detach())
+            return result
+
+        pl_module._loss = recording_loss
+
+    def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
+        logged = trainer.callback_metrics
+        row = {"step": trainer.global_step, "batch": batch_idx,
+               "optimised": float(outputs["loss"]) * trainer.accumulate_grad_batches,
+               "reported": self.reported, "logged_loss": float(logged["train/loss"]),
+               "balance": {p.name: float(logged[f"moe/{p.name}"]) for p in pl_module.balance if f"moe/{p.name}" in logged},
+               "coefficients": {p.name: p.coefficient for p in pl_module.balance}}
+        self.reported = None
+        with open(f"loss_terms.rank{trainer.global_rank}.jsonl", "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+
+def loss_terms(directory: Path, rank: int = 0) -> list[dict]:
+    """``RecordLossTerms``' records of ``rank``, in training order."""
+    return [json.loads(line) for line in (directory / f"loss_terms.rank{rank}.jsonl").read_text().splitlines()]
+
+
+def assert_loss_is_reported_loss_plus_balance(records: list[dict], moe: bool) -> None:
+    """``optimised - reported == Σ coefficient x moe/<name>`` in every record (a dense model: ``== 0``).
+
+    ``reported`` is the loss logged as ``train/loss`` (see ``RecordLossTerms``), so the difference is
+    exactly what the balance pieces add. Tolerance: the losses are float32 near ln(vocab) ≈ 6, whose
+    spacing is 5e-7; a dropped coefficient or piece moves the difference by ≥ 1e-4 (router L2 x 0.001).
+    """
+    for record in records:
+        difference = record["optimised"] - record["reported"]
+        if not moe:
+            assert record["balance"] == {} and difference == 0.0, record
+            continue
+        # Every piece logged its value, and the values are not all zero (or the identity proves nothing).
+        assert record["balance"].keys() == record["coefficients"].keys() and any(record["balance"].values()), record
+        expected = sum(c * record["balance"][name] for name, c in record["coefficients"].items())
+        assert difference == pytest.approx(expected, rel=1e-4, abs=2e-6), record
+
+
 def test_fit_two_steps_then_resume_continues_exactly(in_tmp_dir: Path) -> None:
     common = ["--trainer.max_steps=4", "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=2",
               "--trainer.val_check_interval=2"]

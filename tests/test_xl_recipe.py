@@ -5,8 +5,10 @@ import subprocess
 import sys
 
 import mlflow
+import pytest
 
 from conftest import REPO
+from test_cli import assert_loss_is_reported_loss_plus_balance, loss_terms
 from test_fault_tolerance import environment
 
 SMOKE = REPO / "recipes" / "xl-smoke.yaml"
@@ -15,7 +17,8 @@ SMOKE = REPO / "recipes" / "xl-smoke.yaml"
 def test_xl_recipe_at_toy_size_trains_on_two_processes_and_writes_a_sharded_checkpoint(in_tmp_dir) -> None:
     command = [sys.executable, "-m", "constellation_kit.cli", "fit", f"--config={SMOKE}",
                "--trainer.max_steps=2", "--trainer.val_check_interval=32",
-               "--trainer.callbacks.init_args.every_n_train_steps=2"]
+               "--trainer.callbacks.init_args.every_n_train_steps=2",  # the ModelCheckpoint: still last here
+               '--trainer.callbacks+={"class_path": "test_cli.RecordLossTerms"}']
     result = subprocess.run(command, cwd=in_tmp_dir, env=environment(), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     # backend: auto, with no CUDA, is SDPA (and says so)
@@ -36,3 +39,14 @@ def test_xl_recipe_at_toy_size_trains_on_two_processes_and_writes_a_sharded_chec
     assert "val/image_caption_acc" in run.data.metrics and "val/audio_caption_acc" in run.data.metrics
     # The router terms reach the loss under FSDP2 (each block returns its router output; see test_fsdp2.py).
     assert {"moe/router_l2", "moe/switch_balance", "moe/router_z_loss"} <= set(run.data.metrics)
+
+    # And they reach it with their coefficients: on each rank, every micro-batch's optimised loss is
+    # the loss it logs plus Σ coefficient x moe/<name>, all this rank's own values (2 steps x 16).
+    ranks = [loss_terms(in_tmp_dir, rank) for rank in (0, 1)]
+    for records in ranks:
+        # (global_step counts the optimizer steps taken: the 16th micro-batch's, just before the callback)
+        assert [(r["step"], r["batch"]) for r in records] == [((b + 1) // 16, b) for b in range(32)]
+        assert_loss_is_reported_loss_plus_balance(records, moe=True)
+    # What each rank reported is what train/loss logged: their mean (the logged value is all-reduced).
+    for first, second in zip(*ranks):
+        assert (first["reported"] + second["reported"]) / 2 == pytest.approx(first["logged_loss"], rel=1e-6)

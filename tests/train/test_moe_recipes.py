@@ -9,11 +9,13 @@ from constellation_kit.cli import ConstellationCLI
 from constellation_kit.model import RouterZLoss
 from constellation_kit.train.moe_terms import balance_terms, load_statistics
 from conftest import REPO, SMALL_DATA, TINY, tracking_client
+from test_cli import assert_loss_is_reported_loss_plus_balance, loss_terms
 
 VARIANTS = sorted((REPO / "recipes" / "variants").glob("*.yaml"))
 MOE_VARIANTS = [p for p in VARIANTS if p.stem.startswith(("moe-", "router-", "dense"))]
 TWO_STEPS = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2",
              "--trainer.log_every_n_steps=1"]
+RECORD_LOSS_TERMS = '--trainer.callbacks+={"class_path": "test_cli.RecordLossTerms"}'
 
 
 def metrics_of(cli: ConstellationCLI) -> dict[str, float]:
@@ -23,8 +25,17 @@ def metrics_of(cli: ConstellationCLI) -> dict[str, float]:
 @pytest.mark.slow
 @pytest.mark.parametrize("variant", MOE_VARIANTS, ids=lambda p: p.name)
 def test_variant_trains_two_steps(variant: Path, in_tmp_dir: Path) -> None:
-    cli = ConstellationCLI(args=["fit", f"--config={TINY}", f"--config={variant}", *SMALL_DATA, *TWO_STEPS])
+    # No validation (limit_val_batches=0, which ValidateAtStart honours too): nothing here reads it, and
+    # each pass also scores every grounding question; the heatmap test below covers validation.
+    cli = ConstellationCLI(args=["fit", f"--config={TINY}", f"--config={variant}", *SMALL_DATA, *TWO_STEPS,
+                                 "--trainer.limit_val_batches=0", RECORD_LOSS_TERMS])
     assert cli.trainer.global_step == 2
+    records = loss_terms(in_tmp_dir)
+    assert len(records) == 2  # one micro-batch per step
+    # The loss optimised is train/loss plus Σ coefficient x moe/<name>, every step, for every variant.
+    # train/loss here is the LM loss plus 0.1 x train/alignment_loss (tiny has InfoNCE alignment).
+    assert all(r["reported"] == pytest.approx(r["logged_loss"], rel=1e-7) for r in records)  # one process
+    assert_loss_is_reported_loss_plus_balance(records, moe=variant.stem != "dense")
     metrics = metrics_of(cli)
     assert torch.isfinite(torch.tensor(metrics["train/loss"]))
     if variant.stem == "dense":
