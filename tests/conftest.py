@@ -47,14 +47,22 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
+def enter_run_directory(patch: pytest.MonkeyPatch, directory: Path) -> Path:
+    """Make ``directory`` the working directory whose ``runs/`` and ``mlflow.db`` the next run uses.
+
+    Lightning's MLflow logger calls mlflow.set_tracking_uri, which also exports MLFLOW_TRACKING_URI:
+    an earlier in-process run's (absolute) store would otherwise become this run's default, and its
+    subprocesses'.
+    """
+    patch.chdir(directory)
+    patch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    return directory
+
+
 @pytest.fixture
 def in_tmp_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Run in an empty working directory: runs/ and mlflow.db land there."""
-    monkeypatch.chdir(tmp_path)
-    # Lightning's MLflow logger calls mlflow.set_tracking_uri, which also exports MLFLOW_TRACKING_URI:
-    # an earlier in-process run's (absolute) store would become this test's default, and its subprocesses'.
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    return tmp_path
+    return enter_run_directory(monkeypatch, tmp_path)
 
 
 def tracking_client(workdir: Path | None = None) -> mlflow.MlflowClient:

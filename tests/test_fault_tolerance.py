@@ -20,7 +20,7 @@ import pytest
 
 from constellation_kit.cli import ConstellationCLI, main
 from constellation_kit.data import MultimodalDataModule
-from conftest import REPO, SMALL_DATA, TINY, free_port
+from conftest import REPO, SMALL_DATA, TINY, enter_run_directory, free_port
 
 FSDP2 = ["--trainer.strategy=constellation_kit.train.FSDP2Strategy", "--trainer.strategy.mixed_precision=false"]
 # The world-size tests check an exact invariant (per-step losses to 1e-5 at any world size), which holds
@@ -217,14 +217,10 @@ def test_multimodal_fsdp2_trains_when_one_rank_lacks_a_modality(in_tmp_dir: Path
 def one_step_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A working directory holding a 1-step tiny run (checkpoint and mlflow.db): each test resumes a copy."""
     workdir = tmp_path_factory.mktemp("one-step")
-    previous = os.getcwd()
-    os.chdir(workdir)
-    os.environ.pop("MLFLOW_TRACKING_URI", None)  # see conftest.in_tmp_dir
-    try:
+    with pytest.MonkeyPatch.context() as patch:
+        enter_run_directory(patch, workdir)
         ConstellationCLI(args=["fit", f"--config={TINY}", *SMALL_DATA, "--trainer.max_steps=1",
                                "--trainer.limit_val_batches=0", *CHECKPOINT_EVERY_STEP])
-    finally:
-        os.chdir(previous)
     return workdir
 
 

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from constellation_kit.cli import ConstellationCLI
-from conftest import REPO, SMALL_DATA, TINY, tracking_client
+from conftest import REPO, SMALL_DATA, TINY, tracking_client, enter_run_directory
 
 TEXT_ONLY = str(REPO / "recipes" / "variants" / "text-only.yaml")
 SHORT = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2"]
@@ -25,7 +25,7 @@ def final_metrics(cli: ConstellationCLI) -> dict[str, float]:
 def fit_in(directory: Path, *configs: str) -> tuple[ConstellationCLI, dict[str, float]]:
     """A 2-step tiny run (plus ``configs``) in ``directory``, and its final MLflow metrics."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(directory)
+        enter_run_directory(patch, directory)
         cli = ConstellationCLI(args=["fit", f"--config={TINY}", *configs, *SMALL_DATA, *SHORT])
         return cli, final_metrics(cli)
 
