@@ -18,6 +18,7 @@ Tokenisation is the harness's own (:class:`lm_eval.api.model.TemplateLM`).
 
 from typing import Any
 
+import torch
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import model_registry, register_model
 from lm_eval.utils import get_rolling_token_windows, make_disjoint_window
@@ -53,7 +54,9 @@ class ConstellationLM(TemplateLM):
         if trained is None:
             if ckpt_path is None:
                 raise ConfigError("the constellation-kit harness model needs model_args ckpt_path=<checkpoint>")
-            trained = load_trained_model(ckpt_path, device=device or "cpu")
+            if device is None or (device.startswith("cuda") and not torch.cuda.is_available()):
+                device = "cpu"  # lm_eval's CLI asks for cuda by default; its hf model falls back the same way
+            trained = load_trained_model(ckpt_path, device=device)
         self.trained = trained
         self.batch_size = 16 if str(batch_size).startswith("auto") else int(batch_size)
         self.max_length = int(max_length) if max_length not in (None, "", "None") else None
