@@ -51,6 +51,7 @@ def evaluate_checkpoint(trained: TrainedModel, names: list[str], include_path: s
     """Every task in ``names`` scored on ``trained``, in order (harness tasks in one harness call at the end)."""
     suites = {name: resolve_suite(name, include_path) for name in names}
     harness_names = [name for name, suite in suites.items() if suite is None]
+    manager = harness_tasks(harness_names, include_path) if harness_names else None  # unknown names fail first
     datamodule = trained.datamodule
     if any(isinstance(suite, CaptionChoiceSuite) for suite in suites.values()):
         _set_up(datamodule)  # the caption questions are the run's held-out media
@@ -73,19 +74,15 @@ def evaluate_checkpoint(trained: TrainedModel, names: list[str], include_path: s
         results[name] = result
         log.info("%s: %s in %.1f s", task.name, result.metrics, time.perf_counter() - started)
     if harness_names:
-        for result in harness_results(trained, harness_names, include_path, limit, batch_size, max_length):
+        for result in harness_results(trained, harness_names, manager, limit, batch_size, max_length):
             results[result.name] = result
     return [results[name] for name in names if name in results]
 
 
-def harness_results(trained: TrainedModel, names: list[str], include_path: str | None, limit: int | None,
-                    batch_size: int, max_length: int | None) -> list[TaskResult]:
-    """lm-evaluation-harness tasks run through :class:`~constellation_kit.eval.harness.ConstellationLM`."""
+def harness_tasks(names: list[str], include_path: str | None) -> Any:
+    """The harness's TaskManager over its own tasks and ``include_path``'s, once every name is found in it."""
     try:
-        import lm_eval
         from lm_eval.tasks import TaskManager
-
-        from constellation_kit.eval.harness import ConstellationLM
     except ImportError as error:
         raise ConfigError(f"{names} are neither built-in suites nor JSONL files, and scoring harness tasks needs "
                           f"lm-eval: pip install 'constellation-kit[eval]' ({error})") from None
@@ -94,6 +91,16 @@ def harness_results(trained: TrainedModel, names: list[str], include_path: str |
     if unknown:
         raise ConfigError(f"no task named {unknown}: not a built-in suite ({', '.join(BUILTIN_SUITES)}), not a .jsonl "
                           "file, and not a harness task (put its YAML under --include_path)")
+    return manager
+
+
+def harness_results(trained: TrainedModel, names: list[str], manager: Any, limit: int | None,
+                    batch_size: int, max_length: int | None) -> list[TaskResult]:
+    """lm-evaluation-harness tasks run through :class:`~constellation_kit.eval.harness.ConstellationLM`."""
+    import lm_eval
+
+    from constellation_kit.eval.harness import ConstellationLM
+
     model = ConstellationLM(trained=trained, batch_size=batch_size, max_length=max_length)
     output = lm_eval.simple_evaluate(model=model, tasks=names, limit=limit, task_manager=manager, log_samples=True,
                                      bootstrap_iters=0)
@@ -132,7 +139,8 @@ def print_table(results: list[TaskResult], title: str) -> None:
         margin = None if r.chance is None or main is None else main - r.chance
         table.add_row(r.name, r.kind, str(r.num_items), cell(r.metrics.get("acc")), cell(r.metrics.get("acc_norm")),
                       cell(r.metrics.get("exact_match")), cell(r.chance), "-" if margin is None else f"{margin:+.3f}")
-    Console().print(table)
+    console = Console()
+    Console(width=max(console.width, 110)).print(table)  # a pipe reports 80 columns: names would be cut
 
 
 def log_to_mlflow(trained: TrainedModel, results: list[TaskResult], where: str, tracking_uri: str | None,
