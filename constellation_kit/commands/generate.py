@@ -81,6 +81,7 @@ def run(config: Namespace, cli: ConstellationCLI) -> None:
         raise ConfigError("give either --prompt TEXT or --prompts FILE.jsonl (one of the two)")
     if config.prompts is not None and (config.image or config.audio):
         raise ConfigError('with --prompts, name each line\'s media in the file ("image": ..., "audio": ...), not --image/--audio')
+    rows = read_prompts(Path(config.prompts)) if config.prompts is not None else []  # bad input fails before loading
     device = config.device if config.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     trained = load_trained_model(config.ckpt_path, device=device)
     options = dict(max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_k=config.top_k,
@@ -89,14 +90,13 @@ def run(config: Namespace, cli: ConstellationCLI) -> None:
         (text,) = generate_text(trained, [config.prompt], images=[config.image], audio=[config.audio], **options)
         print(text)
         return
-    path = Path(config.prompts)
-    rows = read_prompts(path)
+    folder = Path(config.prompts).parent
     out = open(config.output, "w") if config.output else sys.stdout
     try:
         for start in range(0, len(rows), CHUNK):
             chunk = rows[start : start + CHUNK]
-            texts = generate_text(trained, [r["prompt"] for r in chunk], images=media_paths(chunk, "image", path.parent),
-                                  audio=media_paths(chunk, "audio", path.parent), **options)
+            texts = generate_text(trained, [r["prompt"] for r in chunk], images=media_paths(chunk, "image", folder),
+                                  audio=media_paths(chunk, "audio", folder), **options)
             for row, text in zip(chunk, texts, strict=True):
                 out.write(json.dumps({**row, "completion": text}) + "\n")
             out.flush()
