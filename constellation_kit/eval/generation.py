@@ -175,7 +175,8 @@ def generate_text(
 
     ``images``/``audio`` give each prompt's file (or ``None``), as long as ``prompts``: its
     placeholder tokens come first, then the prompt's text (as in training, where a caption follows
-    its item). ``seed`` makes sampling reproducible; greedy decoding (``temperature`` 0) needs none.
+    its item). An empty prompt starts from ``<|endoftext|>``, like a new document. ``seed`` makes
+    sampling reproducible; greedy decoding (``temperature`` 0) needs none.
     Raises :class:`ConfigError` for bad settings, an unusable file, or media the model cannot see.
     """
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
@@ -187,6 +188,7 @@ def generate_text(
         if files is not None and len(files) != len(prompts):
             raise ConfigError(f"{len(files)} {modality} entries for {len(prompts)} prompts: give one per prompt (None for none)")
     tokenizer = trained.tokenizer
+    eos_id = tokenizer.token_to_id(END_OF_TEXT)
     inputs = MediaInputs(trained.module, trained.datamodule, tokenizer)
     encoded: list[list[int]] = []
     items: list[dict[str, torch.Tensor]] = []
@@ -198,7 +200,11 @@ def generate_text(
             if path is not None:
                 ids += inputs.placeholders(modality)
                 item[modality] = inputs.load(modality, path)
-        encoded.append(ids + tokenizer.encode(text, add_special_tokens=False).ids)
+        ids += tokenizer.encode(text, add_special_tokens=False).ids
+        # Nothing to continue: start a new document, as every training document follows <|endoftext|>.
+        if not ids and eos_id is not None:
+            ids = [eos_id]
+        encoded.append(ids)
         items.append(item)
     placeholder_ids = {m: inputs.placeholder_id(m) for m in inputs.modalities}
     device = trained.module.network.head_weight.device
@@ -217,7 +223,7 @@ def generate_text(
         chunk = order[start : start + BATCH_SIZE]
         continuations = generate(
             trained.module, [encoded[i] for i in chunk], max_new_tokens=max_new_tokens, sampling=sampling,
-            eos_id=tokenizer.token_to_id(END_OF_TEXT), media=[items[i] for i in chunk],
+            eos_id=eos_id, media=[items[i] for i in chunk],
             placeholder_ids=placeholder_ids, generator=generator, stop=stopped if stops else None,
         )
         for index, ids in zip(chunk, continuations, strict=True):
