@@ -46,6 +46,8 @@ def test_cached_steps_equal_the_full_forward_across_window_boundaries(backend: s
     torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
     # A local layer keeps only what a later query can see (W - 1 keys); the global layer keeps all.
     assert [cache.cached_tokens(i) for i in range(4)] == [WINDOW - 1, WINDOW - 1, 19, WINDOW - 1]
+    # Keys are cached per key/value head (2), not repeated for the 4 query heads.
+    assert all(layer.keys.shape[:2] == (2, 2) and layer.values.shape == layer.keys.shape for layer in cache.layers.values())
 
 
 def test_a_local_layer_forgets_what_falls_out_of_its_window() -> None:
