@@ -171,7 +171,7 @@ def generate_text(
     audio: list[str | None] | None = None,
     seed: int | None = None,
 ) -> list[str]:
-    """The continuation of each prompt, cut before the first stop string (which is not included).
+    """The continuation of each prompt, cut before the first stop string (which is not included; empty ones are ignored).
 
     ``images``/``audio`` give each prompt's file (or ``None``), as long as ``prompts``: its
     placeholder tokens come first, then the prompt's text (as in training, where a caption follows
@@ -180,9 +180,9 @@ def generate_text(
     Raises :class:`ConfigError` for bad settings, an unusable file, or media the model cannot see.
     """
     sampling = Sampling(temperature=temperature, top_k=top_k, top_p=top_p)
-    stops = list(stop or [])
-    if any(s == "" for s in stops):
-        raise ConfigError("an empty stop string would end every generation before it starts: remove it")
+    # An empty stop string would match everywhere; it also is what decoding <|endoftext|> gives with special
+    # tokens skipped, which callers pass meaning "stop at the end of text", as generation does anyway.
+    stops = [s for s in (stop or []) if s]
     per_prompt = {"image": images, "audio": audio}
     for modality, files in per_prompt.items():
         if files is not None and len(files) != len(prompts):
