@@ -44,6 +44,7 @@ from constellation_kit.data.curation.inputs import list_input_files
 from constellation_kit.data.curation.media_check import MediaCheck
 from constellation_kit.data.curation.near_dedup import NearDedup
 from constellation_kit.data.curation.reader import CurationReader
+from constellation_kit.data.curation.row_kinds import ForRows
 from constellation_kit.data.curation.shards import ShardWriter
 from constellation_kit.data.curation.task_files import TaskFileReader, write_task_files
 from constellation_kit.data.curation.tokenizer import TrainTokenizerStep, check_tokenizer, file_digest
@@ -74,8 +75,10 @@ class Curation:
         executor_options: extra arguments for the executor (SLURM: ``partition``, ``time``, ...).
         text_keys: the JSONL/Parquet fields a document's text is read from, first present wins.
         max_media_bytes: media files larger than this are skipped (``media_too_large``).
-        filters: quality filters in order; any datatrove ``BaseFilter`` (the kit's Gopher/C4 families
-            in ``constellation_kit.data.curation.filters``, or datatrove's own).
+        filters: quality filters for text documents, in order; any datatrove ``BaseFilter`` (the kit's
+            Gopher/C4 families in ``constellation_kit.data.curation.filters``, or datatrove's own).
+        caption_filters: quality filters for media rows' captions (default: 2 to 500 words), counted
+            as ``caption_<name>``.
         exact_dedup: exact deduplication settings.
         near_dedup: MinHash LSH settings (``threshold``).
         vocab_size: the BPE's size when curate trains the tokenizer (no ``--tokenizer`` given).
@@ -91,6 +94,7 @@ class Curation:
         text_keys: list[str] = ["text", "caption"],  # noqa: B006 (never mutated)
         max_media_bytes: int | None = DEFAULT_MAX_MEDIA_BYTES,
         filters: list[BaseFilter] | None = None,
+        caption_filters: list[BaseFilter] | None = None,
         exact_dedup: ExactDedup | None = None,
         near_dedup: NearDedup | None = None,
         vocab_size: int = 32768,
@@ -106,7 +110,11 @@ class Curation:
         self.max_media_bytes = max_media_bytes
         self.filters = list(filters) if filters is not None else [
             LengthFilter(), SymbolRatioFilter(), WordRatioFilter(), RepetitionFilter()]
-        names = [report_name(f) for f in self.filters]
+        self.caption_filters = list(caption_filters) if caption_filters is not None else [
+            LengthFilter(min_words=2, max_words=500)]
+        self._row_filters = [ForRows(f, media=False) for f in self.filters] + [
+            ForRows(f, media=True) for f in self.caption_filters]
+        names = [report_name(f) for f in self._row_filters]
         if len(set(names)) != len(names):
             raise ConfigError(f"curate filters {names}: two filters report under one name; give each its own report_name")
         self.exact_dedup = exact_dedup or ExactDedup()
@@ -119,6 +127,7 @@ class Curation:
         return {
             "tasks": self.tasks, "text_keys": self.text_keys, "max_media_bytes": self.max_media_bytes,
             "filters": [{"class": type(f).__qualname__, **_plain(vars(f))} for f in self.filters],
+            "caption_filters": [{"class": type(f).__qualname__, **_plain(vars(f))} for f in self.caption_filters],
             "exact_dedup": self.exact_dedup.enabled,
             "near_dedup": _plain(vars(self.near_dedup)), "vocab_size": self.vocab_size, "chunk_bytes": self.chunk_bytes,
         }
@@ -134,7 +143,7 @@ class Curation:
 
         read: list[PipelineStep] = [CurationReader(files, tuple(self.text_keys)), MediaCheck(self.max_media_bytes)]
         roles = {0: "read", 1: "media"}
-        for f in self.filters:
+        for f in self._row_filters:
             roles[len(read)] = f"filter:{report_name(f)}"
             read.append(f)
         read.append(write_task_files(clean))
