@@ -82,6 +82,7 @@ def test_text_skip_reason() -> None:
     assert text_skip_reason(PROSE) is None
     assert text_skip_reason("\t\n ") == "empty"
     assert text_skip_reason("a\x00b") == "binary"
+    assert text_skip_reason("x" * 1000 + "\x00") == "binary"             # one NUL is enough
     assert text_skip_reason("x" * 99 + "\x07") is None           # 1% control characters: still text
     assert text_skip_reason("x" * 98 + "\x07\x07") == "binary"
 
