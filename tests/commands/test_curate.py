@@ -61,3 +61,17 @@ def test_curate_cli_bad_input_is_one_line_exit_2(in_tmp_dir: Path, capsys: pytes
     with pytest.raises(SystemExit) as exit_:
         main(["curate", "--input", "nowhere", "--output", "out", "--near_dedup.threshold=1.5"])
     assert exit_.value.code == 2
+
+
+@pytest.mark.parametrize("config", sorted((REPO / "recipes" / "curate").glob("*.yaml")), ids=lambda p: p.name)
+def test_every_curate_config_parses_and_builds(config: Path) -> None:
+    from jsonargparse import ArgumentParser
+
+    from constellation_kit.commands.curate import add_arguments, build_curation
+
+    parser = ArgumentParser()
+    parser.add_argument("--config", action="config")
+    add_arguments(parser)
+    curation = build_curation(parser.parse_args([f"--config={config}", "--input", "x", "--output", "y"]))
+    assert [f.report_name for f in curation.filters] == ["length", "symbols", "words", "repetition"]
+    assert (curation.near_dedup.bands, curation.near_dedup.rows) == (17, 7)
