@@ -3,9 +3,9 @@
 Both run on one core: one datatrove task in this process (``workers=1``), and the ``tokenizers``
 thread pool held to one thread (``RAYON_NUM_THREADS=1``, set before ``tokenizers`` is imported), so
 the figures are per core. On a shared machine wall-clock rates understate a core, so each is also
-given per CPU-second of this process (``time.process_time``), which other jobs do not inflate; a machine with C cores and C tasks scales them by about C (the stages
-are independent per task, except the single-task ``exact_find`` and ``near_cluster`` merges, timed
-separately here).
+given per CPU-second of this process (``time.process_time``), which other jobs do not inflate. A
+machine with C cores running C tasks scales them by about C: the stages are independent per task,
+except the single-task ``exact_find`` and ``near_cluster`` merges, timed separately here.
 """
 
 import os
