@@ -11,6 +11,7 @@ class ForRows(BaseFilter):
     """Apply ``inner`` to text rows only (``media=False``) or to media rows' captions only (``media=True``);
     the other kind passes untouched.
 
+    A document the inner filter keeps but empties (C4's line removal can) is dropped too.
     Captions are filtered with the same machinery as text but their own thresholds: Gopher's
     50-word minimum would drop every caption. Drops are counted under ``inner``'s report name,
     prefixed ``caption_`` for captions.
@@ -26,4 +27,9 @@ class ForRows(BaseFilter):
     def filter(self, doc: Document) -> bool | tuple[bool, str]:
         if (media_of(doc.metadata) is not None) != self.media:
             return True
-        return self.inner.filter(doc)
+        result = self.inner.filter(doc)
+        if (result is True or (isinstance(result, tuple) and result[0])) and not doc.text.strip():
+            # A filter that rewrites (C4's line removal) can leave nothing; an empty document would
+            # shift the positions the dedup stages address documents by.
+            return False, "emptied"
+        return result

@@ -82,3 +82,5 @@ def test_caption_filters_apply_to_media_rows_only() -> None:
     assert not kept(on_text, "two words") and kept(on_text, "two words", image="/x.png")
     assert kept(on_captions, "two words") and not kept(on_captions, "two words", image="/x.png")
     assert on_captions.report_name == "caption_length"
+    emptying = ForRows(C4LineFilter(min_num_sentences=-1), media=False)
+    assert emptying.filter(Document(text="no terminal punctuation here", id="x")) == (False, "emptied")

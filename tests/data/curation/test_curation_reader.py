@@ -82,6 +82,7 @@ def test_text_skip_reason() -> None:
     assert text_skip_reason(PROSE) is None
     assert text_skip_reason("\t\n ") == "empty"
     assert text_skip_reason("a\x00b") == "binary"
+    assert text_skip_reason(json.loads('"lone \\ud800 surrogate"')) == "invalid_utf8"
     assert text_skip_reason("x" * 1000 + "\x00") == "binary"             # one NUL is enough
     assert text_skip_reason("x" * 99 + "\x07") is None           # 1% control characters: still text
     assert text_skip_reason("x" * 98 + "\x07\x07") == "binary"
@@ -104,3 +105,14 @@ def test_media_rows_checked_and_hashed(tmp_path: Path) -> None:
     assert len(documents[0].metadata[MEDIA_HASH]) == 64 and MEDIA_HASH not in documents[1].metadata
     assert check.stats["skipped_media_corrupt"].total == 1 and check.stats["skipped_media_missing"].total == 1
     assert reader.stats["skipped_bad_media_path"].total == 2
+
+
+def test_control_characters_are_unicode_cc_but_whitespace() -> None:
+    import unicodedata
+
+    from constellation_kit.data.curation.junk import _CONTROL
+
+    for code in range(0x3000):
+        ch = chr(code)
+        expected = unicodedata.category(ch) == "Cc" and ch not in "\t\n\v\f\r"
+        assert bool(_CONTROL.match(ch)) == expected, hex(code)
