@@ -108,16 +108,18 @@ class CurationReader(PipelineStep):
         import pyarrow
         import pyarrow.parquet as pq
 
+        row = 0
         try:
-            # Read the whole file before yielding: a file corrupt half-way is skipped whole, not half-read.
-            records = pq.read_table(path).to_pylist()
+            # Batch by batch: a Parquet file may be far larger than memory. A file corrupt half-way
+            # keeps the rows read before the damage and counts one unreadable_file.
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+                for record in batch.to_pylist():
+                    row += 1
+                    document = self._record(record, f"{path}:{row}", path)
+                    if document is not None:
+                        yield document
         except (OSError, pyarrow.ArrowException):
             self.skip("unreadable_file")
-            return
-        for row, record in enumerate(records, start=1):
-            document = self._record(record, f"{path}:{row}", path)
-            if document is not None:
-                yield document
 
     def _record(self, record: object, doc_id: str, path: str) -> Document | None:
         if not isinstance(record, dict):
