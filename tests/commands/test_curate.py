@@ -35,6 +35,9 @@ def test_curate_cli_writes_shards_report_and_mlflow_run(in_tmp_dir: Path, capsys
     assert report["skipped"] == {"truncated_json": 1}
     assert Tokenizer.from_file(str(in_tmp_dir / "out" / "tokenizer.json")).get_vocab_size() == 300
     assert (in_tmp_dir / "out" / "shards" / "index.json").is_file()
+    # The hand-over copies of the corpus are gone; the logs that make a rerun a no-op stay.
+    assert not any((in_tmp_dir / "out" / "work" / part).exists() for part in ("clean", "unique", "final", "exact", "near"))
+    assert (in_tmp_dir / "out" / "work" / "logs" / "read" / "completions" / "00000").is_file()
     client = tracking_client(in_tmp_dir)
     run = client.search_runs([client.get_experiment_by_name("curate").experiment_id])[0]
     assert run.data.metrics["curate/documents_out"] == 6

@@ -3,6 +3,7 @@
 import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +25,23 @@ class FinishCuration(PipelineStep):
         roles: per stage, what each of its steps counts (see :func:`build_report`).
         tracking_uri: MLflow tracking URI to log the report to, or ``None``.
         params: the curation settings, logged as MLflow params.
+        remove: folders deleted once the report is written: the stages' hand-over files, a copy
+            of the corpus each, needed by no later stage.
     """
 
     name = "report"
     type = "📊 - STATS"
 
     def __init__(self, output_dir: str, logs_dir: str, roles: dict[str, dict[int, str]],
-                 tracking_uri: str | None = None, params: dict[str, Any] | None = None) -> None:
+                 tracking_uri: str | None = None, params: dict[str, Any] | None = None,
+                 remove: list[str] | None = None) -> None:
         super().__init__()
         self.output_dir = output_dir
         self.logs_dir = logs_dir
         self.roles = roles
         self.tracking_uri = tracking_uri
         self.params = params or {}
+        self.remove = list(remove or [])
 
     def run(self, data: DocumentsPipeline = None, rank: int = 0, world_size: int = 1) -> DocumentsPipeline:
         output = Path(self.output_dir)
@@ -48,6 +53,8 @@ class FinishCuration(PipelineStep):
         tmp.write_text(json.dumps(report, indent=2) + "\n")
         os.replace(tmp, output / "report.json")
         self.stat_update("documents_out", value=report["documents_out"])
+        for folder in self.remove:
+            shutil.rmtree(folder, ignore_errors=True)
         if self.tracking_uri:
             run_id = log_to_mlflow(report, self.tracking_uri, output.name, self.params)
             log.info("curate: logged the report to MLflow run %s at %s", run_id, self.tracking_uri)

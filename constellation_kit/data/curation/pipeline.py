@@ -83,6 +83,9 @@ class Curation:
         near_dedup: MinHash LSH settings (``threshold``).
         vocab_size: the BPE's size when curate trains the tokenizer (no ``--tokenizer`` given).
         chunk_bytes: litdata chunk size of the shards.
+        keep_work_files: keep the stages' hand-over files (``DIR/work/clean``, ``unique``, ``final``
+            and the dedup signatures: each a copy of the corpus) after the report; by default they
+            are deleted. Keep them to repair shards lost after the run by rerunning their tasks.
     """
 
     def __init__(
@@ -99,6 +102,7 @@ class Curation:
         near_dedup: NearDedup | None = None,
         vocab_size: int = 32768,
         chunk_bytes: str = "64MB",
+        keep_work_files: bool = False,
     ) -> None:
         if tasks < 1:
             raise ConfigError(f"curate tasks={tasks}: at least 1")
@@ -121,6 +125,7 @@ class Curation:
         self.near_dedup = near_dedup or NearDedup()
         self.vocab_size = vocab_size
         self.chunk_bytes = chunk_bytes
+        self.keep_work_files = keep_work_files
 
     def describe(self) -> dict[str, Any]:
         """The settings as plain values: the resume fingerprint, and the MLflow params."""
@@ -174,8 +179,9 @@ class Curation:
         stages.append(Stage("shards", [TaskFileReader(source), ShardWriter(str(output / "shards"), str(tokenizer),
                                                                            self.chunk_bytes)], self.tasks, {1: "shards"}))
         roles_by_stage = {s.name: s.roles for s in stages if s.roles}
+        remove = [] if self.keep_work_files else [str(work / part) for part in ("clean", "unique", "final", "exact", "near")]
         stages.append(Stage("report", [FinishCuration(str(output), str(work / "logs"), roles_by_stage, tracking_uri,
-                                                      _flatten(self.describe()))], 1, {}))
+                                                      _flatten(self.describe()), remove)], 1, {}))
         return stages
 
     # -- running ---------------------------------------------------------------------------------

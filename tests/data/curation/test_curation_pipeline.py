@@ -23,7 +23,8 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> PlantedCorpus:
 @pytest.fixture(scope="module")
 def curated(planted: PlantedCorpus, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     output = tmp_path_factory.mktemp("curated") / "out"
-    report = Curation(tasks=2, workers=1, vocab_size=400).run(planted.inputs, output)
+    # Hand-over files kept: test_a_rerun_resumes_after_a_lost_task reruns a shard task after the end.
+    report = Curation(tasks=2, workers=1, vocab_size=400, keep_work_files=True).run(planted.inputs, output)
     return output, report
 
 
@@ -96,7 +97,7 @@ def test_rerun_does_no_work_twice(curated, planted: PlantedCorpus) -> None:
     chunks = sorted((output / "shards").glob("chunk-*.bin"))
     stamps = [c.stat().st_mtime_ns for c in chunks]
     started = time.time()
-    again = Curation(tasks=2, workers=1, vocab_size=400).run(planted.inputs, output)
+    again = Curation(tasks=2, workers=1, vocab_size=400, keep_work_files=True).run(planted.inputs, output)
     assert again["documents_out"] == report["documents_out"] and again["tokens_out"] == report["tokens_out"]
     assert [c.stat().st_mtime_ns for c in chunks] == stamps, "a finished shard task ran again"
     assert index.is_file()
@@ -112,7 +113,7 @@ def test_a_rerun_resumes_after_a_lost_task(curated, planted: PlantedCorpus, tmp_
         chunk.unlink()
     (copy / "work" / "logs" / "report" / "completions" / "00000").unlink()
     task0 = [c.stat().st_mtime_ns for c in sorted((copy / "shards").glob("chunk-0-*.bin"))]
-    resumed = Curation(tasks=2, workers=1, vocab_size=400).run(planted.inputs, copy)
+    resumed = Curation(tasks=2, workers=1, vocab_size=400, keep_work_files=True).run(planted.inputs, copy)
     assert {k: v for k, v in resumed.items()} == report
     assert [c.stat().st_mtime_ns for c in sorted((copy / "shards").glob("chunk-0-*.bin"))] == task0
     assert len(shard_items(copy)) == report["documents_out"]
