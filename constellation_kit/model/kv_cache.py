@@ -101,6 +101,11 @@ class KVCache:
         if self._step_positions is None:
             raise RuntimeError("KVCache.attend before KVCache.extend: pass the layout extend() returned")
         new_positions = self._step_positions  # (B, T)
+        if new_positions.shape != (q.shape[0], q.shape[2]):
+            raise RuntimeError(
+                f"KVCache.extend was last called for {tuple(new_positions.shape)} tokens, this step has "
+                f"{(q.shape[0], q.shape[2])}: call extend for every step and pass the layout it returns"
+            )
         cached = self.layers.get(layer_index)
         if cached is None:
             # The prompt: the layer's own kernel, exactly the training computation.

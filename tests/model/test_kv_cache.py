@@ -100,10 +100,14 @@ def test_the_decoding_mask_is_the_training_rule() -> None:
     ]
 
 
-def test_attend_before_extend_is_refused() -> None:
+def test_attend_without_extend_for_its_tokens_is_refused() -> None:
     attention = GroupedQueryAttention(16, n_heads=2)
+    cache = KVCache()
     with pytest.raises(RuntimeError, match="extend"):
-        KVCache().attend(0, None, None, *attention.project(torch.randn(1, 2, 16), _layout(2)), _layout(2))
+        cache.attend(0, None, None, *attention.project(torch.randn(1, 2, 16), _layout(2)), _layout(2))
+    cache.extend(torch.ones(1, 3, dtype=torch.bool))
+    with pytest.raises(RuntimeError, match="last called for \\(1, 3\\) tokens, this step has \\(1, 2\\)"):
+        cache.attend(0, None, None, *attention.project(torch.randn(1, 2, 16), _layout(2)), _layout(2))
 
 
 def _layout(seq_len: int):
