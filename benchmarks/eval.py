@@ -16,7 +16,9 @@ The last line printed is one JSON object.
 import argparse
 import json
 import os
+import sys
 import time
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -56,50 +58,50 @@ def time_generation(module, prompts: list[list[int]], new_tokens: int, use_cache
     return best
 
 
-def generation_throughput(prompt_len: int, new_tokens: int, batch_sizes: list[int], repeats: int,
-                          layer_pattern: str = "G") -> dict:
+def generation(args: argparse.Namespace) -> dict:
     """New tokens/s with and without the cache, per batch size, and the speed-up."""
-    module = tiny_language_model(layer_pattern)
+    module = tiny_language_model(args.layer_pattern)
     generator = torch.Generator().manual_seed(0)
-    results = {}
+    results = {"prompt_len": args.prompt_len, "new_tokens": args.new_tokens, "layer_pattern": args.layer_pattern}
     time_generation(module, [[1] * 8], 4, True, 1)  # warm-up: first-call allocations and kernel selection
-    for batch in batch_sizes:
-        prompts = torch.randint(3, 2048, (batch, prompt_len), generator=generator).tolist()
-        cached = time_generation(module, prompts, new_tokens, True, repeats)
-        uncached = time_generation(module, prompts, new_tokens, False, repeats)
-        results[f"batch{batch}"] = {
-            "cached_tokens_per_s": round(batch * new_tokens / cached, 1),
-            "uncached_tokens_per_s": round(batch * new_tokens / uncached, 1),
+    for batch in args.batch_sizes:
+        prompts = torch.randint(3, 2048, (batch, args.prompt_len), generator=generator).tolist()
+        cached = time_generation(module, prompts, args.new_tokens, True, args.repeats)
+        uncached = time_generation(module, prompts, args.new_tokens, False, args.repeats)
+        results[f"batch{batch}"] = figures = {
+            "cached_tokens_per_s": round(batch * args.new_tokens / cached, 1),
+            "uncached_tokens_per_s": round(batch * args.new_tokens / uncached, 1),
             "speedup": round(uncached / cached, 2),
         }
-        print(f"generation  batch {batch:3d}  prompt {prompt_len}  new {new_tokens}  "
-              f"cached {results[f'batch{batch}']['cached_tokens_per_s']:9.1f} tok/s  "
-              f"uncached {results[f'batch{batch}']['uncached_tokens_per_s']:9.1f} tok/s  "
-              f"x{results[f'batch{batch}']['speedup']}", flush=True)
+        print(f"generation  batch {batch:3d}  prompt {args.prompt_len}  new {args.new_tokens}  "
+              f"cached {figures['cached_tokens_per_s']:9.1f} tok/s  uncached {figures['uncached_tokens_per_s']:9.1f} tok/s  "
+              f"x{figures['speedup']}", file=sys.stderr, flush=True)
     return results
 
 
 # -- scoring: continuations/s of the harness adapter against lm-eval's hf model (evalscore's part) --
 
 
+SECTIONS: list[Callable[[argparse.Namespace], dict]] = [generation]
+"""Each section measures one thing and returns its figures (the scoring section joins here)."""
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prompt_len", type=int, default=64)
-    parser.add_argument("--new_tokens", type=int, default=128)
-    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8])
-    parser.add_argument("--layer_pattern", default="G", help="G: tiny's all-global layers; e.g. LLLG for local ones")
-    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--prompt_len", type=int, default=64, help="generation: prompt tokens per row")
+    parser.add_argument("--new_tokens", type=int, default=128, help="generation: new tokens per row")
+    parser.add_argument("--batch_sizes", type=int, nargs="+", default=[1, 8], help="generation: rows generated together")
+    parser.add_argument("--layer_pattern", default="G", help="generation: G, tiny's all-global layers; e.g. LLLG for local ones")
+    parser.add_argument("--repeats", type=int, default=2, help="timed passes per side; the best counts")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU, load {os.getloadavg()[0]:.1f}")
-    results = {
-        "threads": torch.get_num_threads(),
-        "generation": generation_throughput(args.prompt_len, args.new_tokens, args.batch_sizes, args.repeats,
-                                            args.layer_pattern),
-    }
-    print(json.dumps(results))
+    figures: dict = {"load_average": os.getloadavg()[0], "threads": torch.get_num_threads()}
+    print(f"torch {torch.__version__}, {figures['threads']} threads, fp32 CPU, load {figures['load_average']:.1f}", file=sys.stderr)
+    for section in SECTIONS:
+        figures[section.__name__] = section(args)
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
