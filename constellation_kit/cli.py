@@ -173,7 +173,9 @@ class ConstellationCLI(LightningCLI):
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
         if subcommand in COMMANDS:
-            return  # the kit's commands (eval, generate) load --ckpt_path themselves, config and all
+            # The kit's commands load their checkpoint themselves (load_trained_model); Lightning would
+            # merge its hyperparameters into a parser that has no model section, and fail.
+            return
         if not subcommand or self.config[subcommand].get("weights_only") is not False:
             return super()._parse_ckpt_path()
         # `--weights_only false`: Lightning (2.6) reads the checkpoint's hyperparameters with

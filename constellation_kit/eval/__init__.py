@@ -1,9 +1,10 @@
-"""Evaluation: reasoning suites in the validation loop, ``constellation-kit eval``, and the harness adapter.
+"""Evaluation: reasoning suites in the validation loop, `constellation-kit eval`, generation, and the harness adapter.
 
 - task formats (:mod:`~constellation_kit.eval.task`) and hand-written JSONL tasks (:mod:`~constellation_kit.eval.jsonl_task`);
 - built-in, generated suites: :class:`MQARSuite`, :class:`PasskeySuite`, :class:`VariableTrackingSuite`,
   :class:`ArithmeticSuite`, :class:`CopyingSuite`, :class:`CaptionChoiceSuite`;
 - scoring with the harness's semantics (:mod:`~constellation_kit.eval.scoring`);
+- :mod:`~constellation_kit.eval.generation`: ``generate_text`` and ``generate`` with a KV cache;
 - :class:`ValidationSuites`, the callback a recipe names to log ``val/<task>/acc`` during ``fit``;
 - :mod:`constellation_kit.eval.harness`, the lm-evaluation-harness model (imported on its own: lm_eval is optional).
 """

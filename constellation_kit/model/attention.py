@@ -23,6 +23,7 @@ from torch import nn
 
 from constellation_kit.errors import ConfigError
 from constellation_kit.model.attention_backends import BackendName, select_backend
+from constellation_kit.model.kv_cache import KVCache
 from constellation_kit.model.layers import Linear
 from constellation_kit.model.layout import SequenceLayout
 from constellation_kit.model.rope import RopeScaling, RotaryEmbedding
@@ -140,12 +141,18 @@ class GroupedQueryAttention(nn.Module):
         cos, sin = self.rope(layout.positions)  # (B, T, hd/2)
         return RotaryEmbedding.rotate(q, cos, sin), RotaryEmbedding.rotate(k, cos, sin), v
 
-    def forward(self, x: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: SequenceLayout, cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T, d_model) -> (B, T, d_model). With a ``cache`` (generation), ``x`` holds the new tokens
+        only, ``layout`` is the one :meth:`KVCache.extend` returned for them, and their keys and values
+        are added to the cache (a local layer keeps only its window)."""
         batch, seq_len, _ = x.shape
         q, k, v = self.project(x, layout)
         dropout_p = self.dropout if self.training else 0.0
         backend = select_backend(self.backend, q, dropout_p)
-        y = backend(q, k, v, layout, self.window, dropout_p)  # (B, H, T, hd)
+        if cache is None:
+            y = backend(q, k, v, layout, self.window, dropout_p)  # (B, H, T, hd)
+        else:
+            y = cache.attend(self.layer_index, self.window, backend, q, k, v, layout)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(batch, seq_len, self.n_heads * self.head_dim)  # (B, T, H*hd)
         return self.out_proj(y)
 
