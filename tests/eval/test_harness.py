@@ -58,7 +58,7 @@ def test_simple_evaluate_with_the_adapter_matches_constellation_kit_eval(tiny_ru
     assert ours["num_items"] == 24 and ours["chance"] == pytest.approx(0.25)
     # The harness: its own YAML loader, prompts, request building, acc/acc_norm; the model looked up by name.
     harness = lm_eval.simple_evaluate(model="constellation-kit", model_args=f"ckpt_path={checkpoint}", tasks=["local_copying"],
-                                      task_manager=TaskManager(include_path=str(local_task)), batch_size=7,
+                                      task_manager=TaskManager(include_path=str(local_task), include_defaults=False), batch_size=7,
                                       bootstrap_iters=0)["results"]["local_copying"]
     assert harness["acc,none"] == pytest.approx(ours["metrics"]["acc"])
     assert harness["acc_norm,none"] == pytest.approx(ours["metrics"]["acc_norm"])
