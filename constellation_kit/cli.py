@@ -172,6 +172,8 @@ class ConstellationCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
+        if subcommand in COMMANDS:
+            return  # the kit's own commands (export, eval, ...) read their --ckpt_path themselves
         if not subcommand or self.config[subcommand].get("weights_only") is not False:
             return super()._parse_ckpt_path()
         # `--weights_only false`: Lightning (2.6) reads the checkpoint's hyperparameters with

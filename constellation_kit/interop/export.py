@@ -124,3 +124,28 @@ def write_tokenizer(tokenizer: Tokenizer, directory: Path, model_max_length: int
         "clean_up_tokenization_spaces": False,
     }
     (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+
+
+def export_checkpoint(
+    ckpt_path: str | Path,
+    output: str | Path,
+    *,
+    dtype: torch.dtype | None = None,
+    config_path: str | Path | None = None,
+    max_shard_bytes: int = DEFAULT_SHARD_BYTES,
+) -> dict[str, Any]:
+    """Export a ``fit`` checkpoint (single file or sharded) to ``output``; return a summary of what was written.
+
+    Only the text network is exported: a multimodal run's encoders and projectors have no place in a
+    ``*ForCausalLM`` class (the summary says so).
+    """
+    from constellation_kit.interop.checkpoint_source import open_checkpoint  # lightning/yaml only needed here
+
+    opened = open_checkpoint(ckpt_path, config_path)
+    seq_len = ((opened.config.get("data") or {}).get("init_args") or {}).get("seq_len") or 4096
+    directory = export_network(opened.network, output, source=opened.source, tokenizer=opened.tokenizer,
+                               dtype=dtype, max_shard_bytes=max_shard_bytes, max_position_embeddings=int(seq_len))
+    config = json.loads((directory / "config.json").read_text())
+    files = sorted(p.name for p in directory.iterdir())
+    return {"output": str(directory), "architecture": config["architectures"][0], "dtype": config["dtype"],
+            "files": files, "encoders_left_out": opened.has_encoders}
