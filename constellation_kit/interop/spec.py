@@ -141,9 +141,7 @@ def _check_moe(moe: MoEFeedForward, spec: NetworkSpec, unsupported: list[str]) -
         unsupported.append(f"router score={router.score!r} (Mixtral and Mellum score with a softmax)")
     if router.route_scale != 1.0:
         unsupported.append(f"router route_scale={router.route_scale}")
-    if not router.expert_bias.is_meta and bool(router.expert_bias.any()):
-        unsupported.append("a non-zero router expert_bias (the aux-loss-free balancer's): "
-                           "Mixtral and Mellum routers have no selection bias")
+    # A non-zero expert_bias is a value, not architecture: export checks it on the weights it writes.
     if moe.shared_experts is not None:
         unsupported.append("num_shared_experts > 0 (Mixtral and Mellum have no shared expert)")
     if moe.dispatch.capacity_factor is not None:
