@@ -7,7 +7,10 @@ from functools import partial
 import torch
 from torch import nn
 
+from constellation_kit.cli import ConstellationCLI
+from constellation_kit.commands.plan import build_model
 from constellation_kit.model import GroupedQueryAttention, MoEFeedForward, SwiGLU, Transformer
+from conftest import TINY
 
 transformers = __import__("pytest").importorskip("transformers")
 
@@ -66,3 +69,15 @@ def assert_same_function(network: Transformer, directory, vocab: int, steps: int
         torch.testing.assert_close(model(tokens).logits, kit_logits(network, tokens), rtol=0, atol=1e-5)
     prompt = tokens[:1, :7]
     assert torch.equal(hf_greedy(model, prompt, steps), kit_greedy(network, prompt, steps))
+
+
+def recipe_network(*args: str, vocab: int = 512):
+    """The text network a recipe (plus overrides) builds, materialised with random weights."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli = ConstellationCLI(args=["plan", f"--config={TINY}", *args, "--json=true"])
+    network, _ = build_model(cli.config["plan"].model, vocab)
+    network.to_empty(device="cpu")
+    torch.manual_seed(0)
+    network.init_weights()
+    randomize_norms(network)
+    return network.eval()

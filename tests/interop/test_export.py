@@ -1,7 +1,5 @@
 """Export: transformers loads what the kit writes and computes the same function (logits and greedy tokens)."""
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -11,13 +9,12 @@ import torch.distributed.checkpoint as dcp
 from lightning.fabric.utilities.load import _METADATA_FILENAME
 from safetensors import safe_open
 
-from constellation_kit.cli import ConstellationCLI, main
-from constellation_kit.commands.plan import build_model
+from constellation_kit.cli import main
 from constellation_kit.errors import ConfigError
 from constellation_kit.interop import export_checkpoint, export_network
 from constellation_kit.trained_model import load_trained_model
-from conftest import REPO, TINY, last_checkpoint
-from interop_helpers import assert_same_function, hf_greedy, kit_greedy, load_hf, randomize_norms, small_network, transformers
+from conftest import REPO, last_checkpoint
+from interop_helpers import assert_same_function, hf_greedy, kit_greedy, load_hf, recipe_network, small_network, transformers
 
 
 def safetensors_of(directory: Path) -> dict[str, torch.Tensor]:
@@ -66,18 +63,6 @@ def test_a_sharded_checkpoint_exports_tensor_by_tensor_to_the_same_weights(tiny_
     index = json.loads((tmp_path / "from-shards" / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"]) == set(reference)
     assert load_hf(tmp_path / "from-shards").model.embed_tokens.weight.shape[0] == 512
-
-
-def recipe_network(*args: str, vocab: int = 512):
-    """The text network a recipe (plus overrides) builds, materialised with random weights."""
-    with contextlib.redirect_stdout(io.StringIO()):
-        cli = ConstellationCLI(args=["plan", f"--config={TINY}", *args, "--json=true"])
-    network, _ = build_model(cli.config["plan"].model, vocab)
-    network.to_empty(device="cpu")
-    torch.manual_seed(0)
-    network.init_weights()
-    randomize_norms(network)
-    return network.eval()
 
 
 XL_ATTENTION = "--model.init_args.network.init_args.attention.init_args."

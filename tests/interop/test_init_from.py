@@ -17,7 +17,7 @@ from constellation_kit.interop import export_network, load_pretrained
 from constellation_kit.train import LanguageModel
 from conftest import free_port
 from interop_fsdp2 import TOKENS, VOCAB, mixtral_network, sharded_start
-from interop_helpers import kit_logits, small_network, transformers
+from interop_helpers import kit_logits, recipe_network, small_network, transformers
 
 @pytest.fixture(scope="module")
 def mixtral_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -129,3 +129,19 @@ def test_two_fsdp2_ranks_start_from_the_checkpoint_with_the_single_process_loss(
     with torch.no_grad():
         loss = F.cross_entropy(kit_logits(single, TOKENS[:, :-1]).flatten(0, 1), TOKENS[:, 1:].flatten())
     mp.spawn(sharded_start, args=(2, free_port(), str(mixtral_dir), float(loss)), nprocs=2, join=True)
+
+
+def test_the_recipe_written_from_a_checkpoint_builds_its_network(mixtral_dir: Path, tmp_path: Path) -> None:
+    import yaml
+
+    from constellation_kit.interop.recipe import network_section
+
+    recipe = tmp_path / "mixtral.yaml"
+    recipe.write_text(yaml.safe_dump(network_section(mixtral_dir)))
+    network = recipe_network(f"--config={recipe}", vocab=VOCAB)
+    load_pretrained(network, mixtral_dir)
+    torch.testing.assert_close(kit_logits(network.eval(), TOKENS), hf_logits(mixtral_dir, TOKENS), rtol=0, atol=1e-5)
+    # And a Mellum-class checkpoint (per-layer kinds, dense and MoE blocks) round-trips through its recipe.
+    export_network(small_network(qk_norm=True, layer_pattern="LG", moe_every=2, n_layers=4), tmp_path / "mellum")
+    (tmp_path / "mellum.yaml").write_text(yaml.safe_dump(network_section(tmp_path / "mellum")))
+    load_pretrained(recipe_network(f"--config={tmp_path / 'mellum.yaml'}", vocab=320), tmp_path / "mellum")
