@@ -2,3 +2,4 @@
 
 from constellation_kit.commands import plan  # noqa: F401
 from constellation_kit.commands import export  # noqa: F401
+from constellation_kit.commands import compare  # noqa: F401
