@@ -87,6 +87,22 @@ def _with_defaults(config: dict[str, Any], family: Family) -> dict[str, Any]:
     return found
 
 
+def check_fits(network: Transformer, directory: str | Path) -> Family:
+    """The checkpoint's family, or a :class:`ConfigError` naming every setting where it and ``network`` differ.
+
+    Reads only ``config.json``, so the CLI calls it on a meta-device network before any setup.
+    """
+    config = read_config(directory)
+    family = family_of(config)
+    mismatches = config_mismatches(network, config, family)
+    if mismatches:
+        raise ConfigError(f"init_from: the checkpoint {directory} ({config.get('model_type')}) does not fit the "
+                          "recipe's network: " + "; ".join(mismatches)
+                          + ". Make the recipe's network match the checkpoint's config.json "
+                          "(python -m constellation_kit.interop.recipe DIR writes it).")
+    return family
+
+
 def _named_parameters(network: nn.Module) -> dict[str, nn.Parameter]:
     named = {}
     for name, param in network.named_parameters():
@@ -105,13 +121,7 @@ def load_pretrained(network: Transformer, directory: str | Path) -> None:
     (zero on a fresh network: the released routers have none).
     """
     directory = Path(directory)
-    config = read_config(directory)
-    family = family_of(config)
-    mismatches = config_mismatches(network, config, family)
-    if mismatches:
-        raise ConfigError(f"init_from: the checkpoint {directory} ({config.get('model_type')}) does not fit the "
-                          "recipe's network: " + "; ".join(mismatches)
-                          + ". Make the recipe's network match the checkpoint's config.json.")
+    family = check_fits(network, directory)
     spec = describe(network)
     reader = SafetensorsReader(directory)
     params = _named_parameters(network)

@@ -92,7 +92,15 @@ class LanguageModel(L.LightningModule):
         trainer spends time setting up; the CLI calls it right after instantiation.
         """
         with torch.device("meta"):
-            self.network_factory(self.vocab_size)
+            network = self.network_factory(self.vocab_size)
+        self.check_init_from(network)
+
+    def check_init_from(self, network: Transformer) -> None:
+        """Raise a :class:`ConfigError` if ``init_from`` names a checkpoint ``network`` (meta is fine) cannot hold."""
+        if self.init_from is not None:
+            from constellation_kit.interop.init_from import check_fits  # lazy: only needed with init_from
+
+            check_fits(network, self.init_from)
 
     def configure_model(self) -> None:
         if self.network is not None:

@@ -121,6 +121,7 @@ class MultimodalLanguageModel(LanguageModel):
         with torch.device("meta"):
             network = self.network_factory(self.vocab_size)
             self.build_media(network.d_model)
+        self.check_init_from(network)
 
     def configure_model(self) -> None:
         super().configure_model()

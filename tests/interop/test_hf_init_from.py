@@ -145,3 +145,10 @@ def test_the_recipe_written_from_a_checkpoint_builds_its_network(mixtral_dir: Pa
     export_network(small_network(qk_norm=True, layer_pattern="LG", moe_every=2, n_layers=4), tmp_path / "mellum")
     (tmp_path / "mellum.yaml").write_text(yaml.safe_dump(network_section(tmp_path / "mellum")))
     load_pretrained(recipe_network(f"--config={tmp_path / 'mellum.yaml'}", vocab=320), tmp_path / "mellum")
+
+
+def test_the_module_checks_init_from_before_any_setup(mixtral_dir: Path) -> None:
+    module = LanguageModel(lambda vocab: mixtral_network(vocab, n_kv_heads=3), vocab_size=VOCAB,
+                           init_from=str(mixtral_dir))
+    with pytest.raises(ConfigError, match="num_key_value_heads: checkpoint 2, network 3"):
+        module.check_config()  # what the CLI calls right after parsing, on a meta-device network
