@@ -113,6 +113,7 @@ def describe(network: Transformer) -> NetworkSpec:
             spec.dense_hidden = ff.hidden_dim
         else:
             unsupported.append(f"feed_forward {type(ff).__name__} (only SwiGLU and MoEFeedForward map)")
+    spec.unsupported = list(dict.fromkeys(unsupported))  # once each, not once per layer
     return spec
 
 
@@ -127,7 +128,8 @@ def _check_attention(attention: nn.Module, spec: NetworkSpec, unsupported: list[
         unsupported.append("qk_norm on some layers only")
     elif attention.q_norm is not None and attention.q_norm.eps != spec.norm_eps:
         # transformers' QK-norm classes reuse rms_norm_eps for the query/key norms.
-        unsupported.append(f"qk_norm eps={attention.q_norm.eps} differing from the norm's eps={spec.norm_eps}")
+        unsupported.append(f"qk_norm_eps={attention.q_norm.eps} differing from the norm's eps={spec.norm_eps} "
+                           "(set the attention's qk_norm_eps to the norm's eps)")
     if attention.window is not None and spec.window not in (None, attention.window):
         unsupported.append("local layers with different windows")
 

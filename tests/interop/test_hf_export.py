@@ -109,3 +109,23 @@ def test_a_balancer_bias_on_the_router_stops_the_export(tmp_path: Path) -> None:
     network.blocks[1].feed_forward.router.expert_bias[2] = 0.5
     with pytest.raises(ConfigError, match="block 1's router has a non-zero expert_bias"):
         export_network(network, tmp_path)
+
+
+def test_the_xl_recipe_maps_to_mellum_on_the_meta_device() -> None:
+    import contextlib
+    import io
+
+    from constellation_kit.cli import ConstellationCLI
+    from constellation_kit.commands.plan import build_model
+    from constellation_kit.interop import choose_family, describe
+    from conftest import XL
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        cli = ConstellationCLI(args=["plan", f"--config={XL}", "--json=true"])
+    network, _ = build_model(cli.config["plan"].model, 32768)
+    spec = describe(network)
+    config = choose_family(spec).config(spec)
+    assert choose_family(spec).architecture == "MellumForCausalLM"
+    assert config["layer_types"][:6] == ["sliding_attention"] * 5 + ["full_attention"]
+    assert config["rope_parameters"]["sliding_attention"]["rope_theta"] == 10_000.0
+    assert config["sliding_window"] == 1024 and config["rms_norm_eps"] == 1e-5
