@@ -19,6 +19,7 @@ SIZES = [REPO / "recipes" / f"{name}.yaml" for name in ("tiny", "small", "xl")]
 RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if p != BASE)
 VARIANTS = sorted((REPO / "recipes" / "variants").glob("*.yaml"))
 CALLBACK_PRESETS = sorted((REPO / "callbacks").glob("*.yaml"))
+CURATE_CONFIGS = sorted((REPO / "recipes" / "curate").glob("*.yaml"))  # parsed in tests/commands/test_curate.py
 BENCHMARK_STACKS = {
     # benchmarks/gpu_check.sh: small, then the ~1B shape, then the throughput preset.
     REPO / "benchmarks" / "gpu_1b.yaml": [REPO / "recipes" / "small.yaml", REPO / "benchmarks" / "gpu_1b.yaml",
@@ -122,6 +123,6 @@ def repository_yaml() -> set[Path]:
 
 
 def test_every_yaml_in_the_repository_is_parsed_by_a_test() -> None:
-    covered = {BASE, *RECIPES, *VARIANTS, *CALLBACK_PRESETS, *BENCHMARK_STACKS, MKDOCS}
+    covered = {BASE, *RECIPES, *VARIANTS, *CALLBACK_PRESETS, *CURATE_CONFIGS, *BENCHMARK_STACKS, MKDOCS}
     unparsed = sorted(str(p.relative_to(REPO)) for p in repository_yaml() - covered)
     assert not unparsed, f"add these to a parse test in tests/test_recipes.py: {unparsed}"

@@ -3,3 +3,4 @@
 from constellation_kit.commands import plan  # noqa: F401
 from constellation_kit.commands import export  # noqa: F401
 from constellation_kit.commands import compare  # noqa: F401
+from constellation_kit.commands import curate, tokenizer  # noqa: F401
