@@ -11,9 +11,8 @@ Tolerance: rtol 1e-5, atol 1e-7 on the loss and every gradient (fp32). Measured 
 2.11, inductor): the losses are bitwise equal and the largest gradient difference is ~4e-9, from
 inductor fusing RMSNorm/SwiGLU reductions in a different order; the routing choices are identical.
 
-With activation checkpointing on, the checkpointed block compiles as one graph too (dynamo's
-checkpoint higher-order op), and the same tolerance holds. No block breaks the graph in either
-case: the test asserts dynamo recorded no graph break at all.
+Activation checkpointing is on, as in xl.yaml: the checkpointed block compiles as one graph
+(dynamo's checkpoint higher-order op), and the test asserts dynamo recorded no graph break at all.
 
 The fast test below covers the rest of the matrix with dynamo and AOT autograd only (``aot_eager``,
 no inductor, so seconds): every block kind (dense and MoE, local and global attention), packed and
@@ -100,9 +99,10 @@ def _compare_both(rank: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=1)
     try:
-        for activation_checkpointing in (False, True):
-            torch._dynamo.reset()
-            _compare(activation_checkpointing)
+        # Checkpointed only, as xl.yaml trains: inductor's compile is most of this suite's slowest test,
+        # and the uncheckpointed block is the same graph without the checkpoint op (the fast matrix
+        # test below compiles it with fullgraph).
+        _compare(activation_checkpointing=True)
     finally:
         dist.destroy_process_group()
 
@@ -148,7 +148,7 @@ def _compare(activation_checkpointing: bool) -> None:
           f"|loss diff| {(loss - expected_loss).abs().item():.3g}, max |grad diff| {worst:.3g}")
 
 
-def test_compiled_blocks_match_eager_loss_and_gradients_with_and_without_checkpointing() -> None:
+def test_compiled_checkpointed_blocks_under_fsdp2_match_eager_loss_and_gradients() -> None:
     mp.spawn(_compare_both, args=(free_port(),), nprocs=1, join=True)
 
 
