@@ -52,6 +52,7 @@ class GroupedQueryAttention(nn.Module):
         local_rope_base: RoPE base of local layers; ``None`` means ``rope_base``.
         rope_scaling: context-extension scaling of global layers' RoPE (none, linear, ntk, yarn, llama3).
         qk_norm: RMS-normalise each query and key head (learned scale) before RoPE.
+        qk_norm_eps: epsilon of those norms (transformers' QK-norm classes use the model's ``rms_norm_eps``).
         backend: attention kernel: ``auto`` (fastest available here, logged), ``flash_attn``,
             ``flex``, ``sdpa`` or ``eager`` (the slow reference).
         dropout: attention-probability dropout during training.
@@ -73,6 +74,7 @@ class GroupedQueryAttention(nn.Module):
         local_rope_base: float | None = None,
         rope_scaling: RopeScaling | None = None,
         qk_norm: bool = False,
+        qk_norm_eps: float = 1e-6,
         backend: BackendName = "auto",
         dropout: float = 0.0,
         bias: bool = False,
@@ -122,8 +124,8 @@ class GroupedQueryAttention(nn.Module):
         self.q_proj = Linear(d_model, n_heads * head_dim, bias=bias, init_std=init_std)
         self.kv_proj = Linear(d_model, 2 * n_kv_heads * head_dim, bias=bias, init_std=init_std)
         self.out_proj = Linear(n_heads * head_dim, d_model, bias=bias, init_std=init_std)
-        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
-        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
+        self.q_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps) if qk_norm else None
         if self.kind == "local":
             base = rope_base if local_rope_base is None else local_rope_base
             self.rope = RotaryEmbedding(head_dim, base=base)
