@@ -126,7 +126,11 @@ def media_row(rows: MediaRows, bank: MediaBank, r: int, placeholder_ids: dict[st
 
 def text_row(dataset: PackedDataset, index: int, modalities: tuple[str, ...]) -> dict:
     """A packed text window with empty media fields."""
-    example = dataset[index]
+    return with_empty_media(dataset[index], modalities)
+
+
+def with_empty_media(example: dict, modalities: tuple[str, ...]) -> dict:
+    """A text example given the media fields of a row without media."""
     for modality in modalities:
         example[f"{modality}_mask"] = torch.zeros_like(example["tokens"], dtype=torch.bool)
         example[f"{modality}_caption"] = torch.full_like(example["tokens"], -1)
