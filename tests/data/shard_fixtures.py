@@ -4,7 +4,10 @@ Until `constellation-kit curate` writes them, tests make their own: documents of
 captioned pictures and clips encoded as files would be, plus a few broken ones.
 """
 
+import contextlib
 import io
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +62,38 @@ def media_items(count: int, low: int, high: int, seed: int, broken: int = 0) -> 
 
 def write_source(directory: Path, items: list[ShardItem], tokenizer: str, chunk_size: int = 16) -> Path:
     return write_shards(directory, items, tokenizer, chunk_size=chunk_size)
+
+
+@contextlib.contextmanager
+def s3_server(corpus: Path, bucket: str = "corpus", prefix: str = "curated") -> Iterator[tuple[str, str]]:
+    """``corpus``'s files uploaded to a real S3-compatible server (moto's) on a free loopback port.
+
+    Yields the corpus's URL (``s3://bucket/prefix``) and the server's endpoint; AWS credentials are
+    set in the environment (loader workers inherit them) and restored after.
+    """
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    from conftest import free_port
+
+    keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        client = boto3.client("s3", endpoint_url=endpoint)
+        client.create_bucket(Bucket=bucket)
+        for path in corpus.rglob("*"):
+            if path.is_file() and "cache" not in path.parts:
+                client.upload_file(str(path), bucket, f"{prefix}/{path.relative_to(corpus).as_posix()}")
+        yield f"s3://{bucket}/{prefix}", endpoint
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

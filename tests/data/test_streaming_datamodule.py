@@ -12,7 +12,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from conftest import free_port
-from shard_fixtures import media_items, text_items, tokenizer_json, write_source
+from shard_fixtures import media_items, s3_server, text_items, tokenizer_json, write_source
 
 from constellation_kit.data import ShardSource, StreamingDataModule
 from constellation_kit.data.media import SKIP_REASONS
@@ -166,29 +166,9 @@ def test_sources_with_different_tokenizers_are_refused(corpus: Path, tmp_path: P
 
 @pytest.fixture(scope="module")
 def s3_corpus(corpus: Path):
-    """The corpus uploaded to a real S3-compatible server (moto's) on loopback: its URL and endpoint."""
-    boto3 = pytest.importorskip("boto3")
-    server_module = pytest.importorskip("moto.server")
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
-    port = free_port()
-    server = server_module.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket="corpus")
-        for path in corpus.rglob("*"):
-            if path.is_file() and "cache" not in path.parts:
-                client.upload_file(str(path), "corpus", f"curated/{path.relative_to(corpus).as_posix()}")
-        yield "s3://corpus/curated", endpoint
-    finally:
-        server.stop()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    """The corpus on a real S3-compatible server (moto's) on loopback: its URL and endpoint."""
+    with s3_server(corpus) as served:
+        yield served
 
 
 def test_s3_streams_the_same_batches_as_local(corpus: Path, s3_corpus, tmp_path: Path):
