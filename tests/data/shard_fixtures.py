@@ -6,6 +6,7 @@ captioned pictures and clips encoded as files would be, plus a few broken ones.
 
 import contextlib
 import io
+import logging
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,6 +77,7 @@ def s3_server(corpus: Path, bucket: str = "corpus", prefix: str = "curated") -> 
 
     from conftest import free_port
 
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # not a line per request
     keys = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")
     saved = {k: os.environ.get(k) for k in keys}
     os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
