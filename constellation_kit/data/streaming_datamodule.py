@@ -6,13 +6,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import torch
 from tokenizers import Tokenizer
 from torch.utils.data import DataLoader
 
-from constellation_kit.data.batching import micro_batch_size
 from constellation_kit.data.cache import default_cache_dir
+from constellation_kit.data.datamodule import DataModule, check_data_fingerprint
 from constellation_kit.data.media import DEFAULT_MAX_MEDIA_BYTES, clip_samples
 from constellation_kit.data.shards import TOKENIZER, ShardReader, ShardSource, join, read_text
 from constellation_kit.data.splits import validation_chunks
@@ -23,7 +22,6 @@ from constellation_kit.data.streaming_dataset import (
     ValidationStream,
     drop_stream_state,
 )
-from constellation_kit.data.text_datamodule import check_data_fingerprint
 from constellation_kit.data.tokenizer import END_OF_TEXT, ByteLevelBPE
 from constellation_kit.errors import ConfigError
 
@@ -32,7 +30,7 @@ log = logging.getLogger(__name__)
 PLACEHOLDERS = {"image": "<|image|>", "audio": "<|audio|>"}
 
 
-class StreamingDataModule(L.LightningDataModule):
+class StreamingDataModule(DataModule):
     """Batches streamed from tokenised shards: text windows and media rows, sources mixed by weight.
 
     Each batch is the dict :mod:`~constellation_kit.data.multimodal_dataset` describes (``tokens``,
@@ -94,15 +92,13 @@ class StreamingDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(global_batch_size, val_fraction, seed, num_workers)
         if not sources:
             raise ConfigError("data.init_args.sources is empty: name at least one curated directory ({path: ...})")
         self.sources = [s if isinstance(s, ShardSource) else ShardSource(**s) for s in sources]
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ConfigError(f"source names {names} repeat: give each source its own name")
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"val_fraction={val_fraction} must be strictly between 0 and 1")
         if seq_len < 2:
             raise ConfigError(f"seq_len={seq_len} must be at least 2")
         self.tokenizer_spec = tokenizer
@@ -112,16 +108,13 @@ class StreamingDataModule(L.LightningDataModule):
             max_media_bytes,
         )
         self.num_placeholders = {"image": image_tokens, "audio": audio_tokens}
-        self.seq_len, self.global_batch_size = seq_len, global_batch_size
-        self.val_fraction, self.seed, self.num_workers = val_fraction, seed, num_workers
+        self.seq_len = seq_len
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self._tokenizer: Tokenizer | None = None
         self._readers: list[ShardReader] | None = None
         self._slot_states: dict[int, dict] = {}
         self._consumed = 0
         self._resume: tuple[dict[int, dict], int] | None = None
-        self.allow_data_mismatch = False
-        """Resume even when the checkpoint's data fingerprint differs (the CLI's ``--resume_data_mismatch ok``)."""
 
     # -- tokenizer -----------------------------------------------------------------------------
 
@@ -195,16 +188,6 @@ class StreamingDataModule(L.LightningDataModule):
     def setup(self, stage: str) -> None:
         self.tokenizer  # fail now on a missing or mismatched tokenizer, not in a loader worker
 
-    @property
-    def micro_batch_size(self) -> int:
-        trainer = self.trainer
-        accumulation = trainer.accumulate_grad_batches if trainer else 1
-        world_size = trainer.world_size if trainer else 1
-        return micro_batch_size(self.global_batch_size, accumulation, world_size)
-
-    def _rank_and_world(self) -> tuple[int, int]:
-        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-
     def train_dataloader(self) -> DataLoader:
         rank, world_size = self._rank_and_world()
         states, rotation = self._resume or ({}, 0)
@@ -215,12 +198,6 @@ class StreamingDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         rank, world_size = self._rank_and_world()
         return DataLoader(ValidationStream(self._spec("val", self.micro_batch_size), rank, world_size), batch_size=None)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
 
     # -- resume --------------------------------------------------------------------------------
 
