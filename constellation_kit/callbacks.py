@@ -39,3 +39,4 @@ class ValidateAtStart(Callback):
 from constellation_kit.train.moe_callbacks import AuxLossFreeBalancer, ExpertLoadHeatmap  # noqa: E402
 
 __all__ = ["AuxLossFreeBalancer", "ExpertLoadHeatmap", "ValidateAtStart"]
+from constellation_kit.train.profiler_artifacts import ProfilerTracesToMLflow  # noqa: E402

@@ -27,6 +27,7 @@ from constellation_kit.errors import ConfigError
 from constellation_kit.recipes import recipe_bases, with_recipe_bases
 from constellation_kit.tracking import MLflowRunLogger, SaveConfigToRun, check_run_resumable
 from constellation_kit.train.rng_state import RNGStateCheckpoint
+from constellation_kit.train.tokenizer_checkpoint import TokenizerInCheckpoint
 from constellation_kit.train.module import LanguageModel
 
 
@@ -154,8 +155,11 @@ class ConstellationCLI(LightningCLI):
             plugins.append(AtomicCheckpointIO())
         config["plugins"] = plugins
         # Every run saves and restores its RNG state (exact resume with dropout), named in a recipe or not.
-        if not any(isinstance(c, RNGStateCheckpoint) for c in [*callbacks, *(config.get("callbacks") or [])]):
-            callbacks = [*callbacks, RNGStateCheckpoint()]
+        # Every checkpoint carries its tokenizer, so eval, generate and export need nothing else.
+        named = [*callbacks, *(config.get("callbacks") or [])]
+        for always in (RNGStateCheckpoint, TokenizerInCheckpoint):
+            if not any(isinstance(c, always) for c in named):
+                callbacks = [*callbacks, always()]
         return super()._instantiate_trainer(config, callbacks)
 
     def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
@@ -168,6 +172,10 @@ class ConstellationCLI(LightningCLI):
 
     def _parse_ckpt_path(self) -> None:
         subcommand = self.config.get("subcommand")
+        if subcommand in COMMANDS:
+            # The kit's commands load their checkpoint themselves (load_trained_model); Lightning would
+            # merge its hyperparameters into a parser that has no model section, and fail.
+            return
         if not subcommand or self.config[subcommand].get("weights_only") is not False:
             return super()._parse_ckpt_path()
         # `--weights_only false`: Lightning (2.6) reads the checkpoint's hyperparameters with

@@ -4,16 +4,22 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import yaml
 from mlflow import MlflowClient
 from mlflow.exceptions import MlflowException
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.cli import SaveConfigCallback
+from argparse import Namespace
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import MLFlowLogger
+from lightning.pytorch.utilities import rank_zero_only
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 
 from constellation_kit.errors import ConfigError
+from constellation_kit.run_record import record_run
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +83,13 @@ class MLflowRunLogger(MLFlowLogger):
         tags: extra MLflow run tags.
         run_root: local directory holding every run's checkpoints and config.
         run_id: continue this MLflow run (the CLI sets it when resuming with ``--ckpt_path last``).
-        log_model: also upload checkpoints to MLflow as artifacts.
+        log_model: also upload checkpoints to MLflow as artifacts under ``checkpoints/``: ``True`` at the end
+            of training (every checkpoint if the ModelCheckpoint keeps all), ``"all"`` as each is written.
+            Sharded (FSDP2) checkpoint directories are uploaded whole. Checkpoints can be large: use it with
+            an artifact store that has the room.
+        system_metrics_interval: seconds between MLflow system-metrics samples (CPU, memory, disk, network,
+            and GPU utilisation and memory where ``nvidia-ml-py`` is installed), logged as ``system/*``;
+            ``None`` turns them off.
     """
 
     def __init__(
@@ -88,7 +100,8 @@ class MLflowRunLogger(MLFlowLogger):
         tags: dict[str, Any] | None = None,
         run_root: str = "runs",
         run_id: str | None = None,
-        log_model: bool = False,
+        log_model: bool | Literal["all"] = False,
+        system_metrics_interval: float | None = 10.0,
     ) -> None:
         tracking_uri = resolve_tracking_uri(tracking_uri)
         super().__init__(
@@ -100,6 +113,52 @@ class MLflowRunLogger(MLFlowLogger):
             log_model=log_model,
         )
         self.run_root = run_root
+        self.system_metrics_interval = system_metrics_interval
+        self._resumed = run_id is not None
+        self._system_metrics: SystemMetricsMonitor | None = None
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        super().log_metrics(metrics, step)
+        self._start_system_metrics()  # the run exists once something was logged to it
+
+    @rank_zero_only
+    def log_hyperparams(self, params: dict[str, Any] | Namespace) -> None:
+        super().log_hyperparams(params)
+        self._start_system_metrics()
+
+    def _start_system_metrics(self) -> None:
+        if self.system_metrics_interval is None or self._system_metrics is not None or not self._initialized:
+            return
+        self._system_metrics = SystemMetricsMonitor(
+            self.run_id, sampling_interval=self.system_metrics_interval, resume_logging=self._resumed,
+            tracking_uri=self._tracking_uri)
+        self._system_metrics.start()
+
+    @rank_zero_only
+    def finalize(self, status: str = "success") -> None:
+        if self._system_metrics is not None:
+            self._system_metrics.finish()
+            self._system_metrics = None
+        super().finalize(status)
+
+    def _scan_and_log_checkpoints(self, checkpoint_callback: ModelCheckpoint) -> None:
+        # Lightning's own skips directories (sharded checkpoints) and, before 2.6, passed MLflow a Path as
+        # the artifact path, which MLflow 3 rejects (Lightning issue #20932); string paths, files and folders.
+        paths = {checkpoint_callback.last_model_path, checkpoint_callback.best_model_path,
+                 *checkpoint_callback.best_k_models}
+        for name in sorted(p for p in paths if p):
+            path = Path(name)
+            if not path.exists():
+                continue
+            written = path.stat().st_mtime
+            if self._logged_model_time.get(name, -1.0) >= written:
+                continue
+            if path.is_dir():
+                self.experiment.log_artifacts(self._run_id, str(path.resolve()), f"checkpoints/{path.name}")
+            else:
+                self.experiment.log_artifact(self._run_id, str(path), "checkpoints")
+            self._logged_model_time[name] = written
 
     @property
     def save_dir(self) -> str:
@@ -131,16 +190,27 @@ class SaveConfigToRun(SaveConfigCallback):
     def save_config(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         run_dir = self._run_dir(trainer)
         run_dir.mkdir(parents=True, exist_ok=True)
-        config_path = run_dir / self.config_filename
+        # A resume keeps the run's original config.yaml (on disk and in MLflow) and adds its own beside it.
+        original = run_dir / self.config_filename
+        resume = resume_number(run_dir) if original.exists() else 0
+        config_path = run_dir / f"resume-{resume}" / self.config_filename if resume else original
+        config_path.parent.mkdir(parents=True, exist_ok=True)
         self.parser.save(self.config, str(config_path), skip_none=False, overwrite=True, multifile=False)
-        recipes = ",".join(str(p) for p in (self.config.get("config") or []))
+        recipe_files = [str(p) for p in (self.config.get("config") or [])]
         for logger in trainer.loggers:
             if not isinstance(logger, MLFlowLogger):
                 continue
             client, run_id = logger.experiment, logger.run_id
-            client.log_artifact(run_id, str(config_path))
-            client.set_tag(run_id, "recipes", recipes or "(none)")
+            folder = f"resume-{resume}" if resume else None
+            client.log_artifact(run_id, str(config_path), folder)
+            for recipe in recipe_files:  # the stacked recipe files themselves, as the user wrote them
+                if Path(recipe).is_file():
+                    client.log_artifact(run_id, recipe, f"{folder}/recipes" if folder else "recipes")
+            client.set_tag(run_id, "recipes", ",".join(recipe_files) or "(none)")
             client.set_tag(run_id, "command", " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])[:5000])
+            if resume:
+                client.set_tag(run_id, "resumes", str(resume))
+            record_run(client, run_id, folder)
             try:
                 resolved = yaml.safe_load(self.parser.dump(self.config, skip_none=False))
                 resolved.pop("config", None)
@@ -154,6 +224,11 @@ class SaveConfigToRun(SaveConfigCallback):
             if isinstance(logger, MLflowRunLogger):
                 return logger.run_dir
         return Path(trainer.log_dir or trainer.default_root_dir)
+
+
+def resume_number(run_dir: Path) -> int:
+    """The number of the next resume of the run in ``run_dir``: 1 for the first, then 2, ..."""
+    return 1 + sum(1 for child in run_dir.glob("resume-*") if child.name.removeprefix("resume-").isdigit())
 
 
 def flatten_config(config: Any, prefix: str = "") -> dict[str, str]:

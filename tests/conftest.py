@@ -72,3 +72,29 @@ def tracking_client(workdir: Path | None = None) -> mlflow.MlflowClient:
     URI would read whichever test's store the process opened first.
     """
     return mlflow.MlflowClient(f"sqlite:///{(workdir or Path.cwd()).resolve() / 'mlflow.db'}")
+
+
+SHORT = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2"]
+"""CLI overrides for a 2-step run that validates once, at its end."""
+
+
+def fit_in(directory: Path, *configs: str):
+    """A 2-step tiny run (plus ``configs``) in ``directory``: the finished CLI and its final MLflow metrics."""
+    from constellation_kit.cli import ConstellationCLI
+
+    with pytest.MonkeyPatch.context() as patch:
+        enter_run_directory(patch, directory)
+        cli = ConstellationCLI(args=["fit", f"--config={TINY}", *configs, *SMALL_DATA, *SHORT])
+        cli.run_directory = directory.resolve()  # runs/ and mlflow.db are relative to it
+        return cli, tracking_client().get_run(cli.trainer.logger.run_id).data.metrics
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory: pytest.TempPathFactory):
+    """One 2-step tiny run (both encoders) shared by every test that needs a trained run or its checkpoint."""
+    return fit_in(tmp_path_factory.mktemp("tiny"))
+
+
+def last_checkpoint(cli) -> Path:
+    """The ``last.ckpt`` a finished :func:`fit_in` run wrote, by absolute path."""
+    return cli.run_directory / cli.trainer.checkpoint_callback.dirpath / "last.ckpt"

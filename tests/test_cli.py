@@ -1,6 +1,9 @@
 """The console script, driven in-process exactly as a user types it."""
 
 import json
+import os
+import subprocess
+from importlib import metadata
 from pathlib import Path
 
 import pytest
@@ -150,6 +153,10 @@ def test_fit_two_steps_then_resume_continues_exactly(in_tmp_dir: Path) -> None:
     resumed = fit("--ckpt_path=last", *common, *every_step)
     assert resumed.trainer.global_step == 4
     assert resumed.trainer.logger.run_id == first.trainer.logger.run_id  # the same MLflow run continues
+    # The run keeps its original config; the resume's own sits beside it, on disk and in MLflow.
+    assert (run_dir / "config.yaml").read_text() != (run_dir / "resume-1" / "config.yaml").read_text()
+    artifacts = tracking_client().list_artifacts(first.trainer.logger.run_id, "resume-1")
+    assert {a.path for a in artifacts} >= {"resume-1/config.yaml", "resume-1/environment.json"}
     resumed_losses = run_history(resumed.trainer.logger.run_id, "train/loss")
 
     straight = ConstellationCLI(
@@ -165,7 +172,7 @@ def test_fit_two_steps_then_resume_continues_exactly(in_tmp_dir: Path) -> None:
 
 def test_mlflow_run_holds_config_params_tags_and_curves(in_tmp_dir: Path) -> None:
     cli = fit("--trainer.max_steps=3", "--trainer.val_check_interval=3", "--trainer.limit_val_batches=2",
-              "--trainer.log_every_n_steps=1")
+              "--trainer.log_every_n_steps=1", "--trainer.logger.init_args.system_metrics_interval=0.2")
     run_id = cli.trainer.logger.run_id
     client = tracking_client()  # MLflow's local default, in the working directory
     run = client.get_run(run_id)
@@ -178,6 +185,14 @@ def test_mlflow_run_holds_config_params_tags_and_curves(in_tmp_dir: Path) -> Non
     val = run_history(run_id, "val/loss")
     assert 0 in val  # the step-0 baseline from ValidateAtStart
     assert (cli.trainer.logger.run_dir / "config.yaml").is_file()
+    # The run record: the code's commit, the packages, the machine, MLflow's system metrics.
+    tags = run.data.tags
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert tags["git.commit"] == commit.strip() and tags["git.dirty"] in ("true", "false")
+    assert tags["version.torch"] == metadata.version("torch") and tags["hardware.cpu_count"] == str(os.cpu_count())
+    assert {"recipes/tiny.yaml", "environment.json"} <= {a.path for a in client.list_artifacts(run_id, "recipes")} | {
+        a.path for a in client.list_artifacts(run_id)}
+    assert any(key.startswith("system/cpu_utilization") for key in run.data.metrics)
 
 
 def error_of(capsys: pytest.CaptureFixture, *args: str) -> str:

@@ -11,28 +11,10 @@ import torch
 from PIL import Image
 
 from constellation_kit.cli import ConstellationCLI
-from conftest import REPO, SMALL_DATA, TINY, tracking_client, enter_run_directory
+from conftest import REPO, SHORT, SMALL_DATA, TINY, enter_run_directory, fit_in, tracking_client
 
 TEXT_ONLY = str(REPO / "recipes" / "variants" / "text-only.yaml")
-SHORT = ["--trainer.max_steps=2", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=2"]
 MODALITIES = ("image", "audio")
-
-
-def final_metrics(cli: ConstellationCLI) -> dict[str, float]:
-    return tracking_client().get_run(cli.trainer.logger.run_id).data.metrics
-
-
-def fit_in(directory: Path, *configs: str) -> tuple[ConstellationCLI, dict[str, float]]:
-    """A 2-step tiny run (plus ``configs``) in ``directory``, and its final MLflow metrics."""
-    with pytest.MonkeyPatch.context() as patch:
-        enter_run_directory(patch, directory)
-        cli = ConstellationCLI(args=["fit", f"--config={TINY}", *configs, *SMALL_DATA, *SHORT])
-        return cli, final_metrics(cli)
-
-
-@pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[ConstellationCLI, dict[str, float]]:
-    return fit_in(tmp_path_factory.mktemp("tiny"))
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ SIZES = [REPO / "recipes" / f"{name}.yaml" for name in ("tiny", "small", "xl")]
 RECIPES = sorted(p for p in (REPO / "recipes").glob("*.yaml") if p != BASE)
 VARIANTS = sorted((REPO / "recipes" / "variants").glob("*.yaml"))
 CALLBACK_PRESETS = sorted((REPO / "callbacks").glob("*.yaml"))
+CURATE_CONFIGS = sorted((REPO / "recipes" / "curate").glob("*.yaml"))  # parsed in tests/commands/test_curate.py
 BENCHMARK_STACKS = {
     # benchmarks/gpu_check.sh: small, then the ~1B shape, then the throughput preset.
     REPO / "benchmarks" / "gpu_1b.yaml": [REPO / "recipes" / "small.yaml", REPO / "benchmarks" / "gpu_1b.yaml",
@@ -90,8 +91,11 @@ def test_every_variant_is_short(variant: Path) -> None:
 def test_every_callback_preset_stacks_on_tiny(preset: Path) -> None:
     tiny = class_paths(print_config(Path(TINY))["trainer"]["callbacks"])
     stacked = class_paths(print_config(Path(TINY), preset)["trainer"]["callbacks"])
-    preset_paths = class_paths(yaml.safe_load(preset.read_text())["trainer"].get("callbacks+", []))
-    assert stacked == tiny + preset_paths
+    trainer = yaml.safe_load(preset.read_text())["trainer"]
+    if "callbacks" in trainer:  # a preset that replaces the recipe's list (minimal)
+        assert stacked == class_paths(trainer["callbacks"])
+    else:  # the rest add to it
+        assert stacked == tiny + class_paths(trainer.get("callbacks+", []))
 
 
 @pytest.mark.parametrize("config", list(BENCHMARK_STACKS), ids=lambda p: p.name)
@@ -119,6 +123,6 @@ def repository_yaml() -> set[Path]:
 
 
 def test_every_yaml_in_the_repository_is_parsed_by_a_test() -> None:
-    covered = {BASE, *RECIPES, *VARIANTS, *CALLBACK_PRESETS, *BENCHMARK_STACKS, MKDOCS}
+    covered = {BASE, *RECIPES, *VARIANTS, *CALLBACK_PRESETS, *CURATE_CONFIGS, *BENCHMARK_STACKS, MKDOCS}
     unparsed = sorted(str(p.relative_to(REPO)) for p in repository_yaml() - covered)
     assert not unparsed, f"add these to a parse test in tests/test_recipes.py: {unparsed}"

@@ -10,6 +10,7 @@ from constellation_kit.model.balance import BalanceLoss, RouterL2Penalty, Router
 from constellation_kit.model.dispatch import Dispatcher, GroupedMMDispatch, LoopDispatch
 from constellation_kit.model.experts import SwiGLUExperts
 from constellation_kit.model.feedforward import SwiGLU
+from constellation_kit.model.kv_cache import KVCache
 from constellation_kit.model.layout import SequenceLayout
 from constellation_kit.model.log_mel import LogMelSpectrogram
 from constellation_kit.model.moe import MoEFeedForward
@@ -27,6 +28,7 @@ __all__ = [
     "Dispatcher",
     "GroupedMMDispatch",
     "GroupedQueryAttention",
+    "KVCache",
     "LinearProjector",
     "LogMelSpectrogram",
     "LoopDispatch",

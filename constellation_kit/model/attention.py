@@ -23,6 +23,7 @@ from torch import nn
 
 from constellation_kit.errors import ConfigError
 from constellation_kit.model.attention_backends import BackendName, select_backend
+from constellation_kit.model.kv_cache import KVCache
 from constellation_kit.model.layers import Linear
 from constellation_kit.model.layout import SequenceLayout
 from constellation_kit.model.rope import RopeScaling, RotaryEmbedding
@@ -51,6 +52,7 @@ class GroupedQueryAttention(nn.Module):
         local_rope_base: RoPE base of local layers; ``None`` means ``rope_base``.
         rope_scaling: context-extension scaling of global layers' RoPE (none, linear, ntk, yarn, llama3).
         qk_norm: RMS-normalise each query and key head (learned scale) before RoPE.
+        qk_norm_eps: epsilon of those norms (transformers' QK-norm classes use the model's ``rms_norm_eps``).
         backend: attention kernel: ``auto`` (fastest available here, logged), ``flash_attn``,
             ``flex``, ``sdpa`` or ``eager`` (the slow reference).
         dropout: attention-probability dropout during training.
@@ -72,6 +74,7 @@ class GroupedQueryAttention(nn.Module):
         local_rope_base: float | None = None,
         rope_scaling: RopeScaling | None = None,
         qk_norm: bool = False,
+        qk_norm_eps: float = 1e-6,
         backend: BackendName = "auto",
         dropout: float = 0.0,
         bias: bool = False,
@@ -121,8 +124,8 @@ class GroupedQueryAttention(nn.Module):
         self.q_proj = Linear(d_model, n_heads * head_dim, bias=bias, init_std=init_std)
         self.kv_proj = Linear(d_model, 2 * n_kv_heads * head_dim, bias=bias, init_std=init_std)
         self.out_proj = Linear(n_heads * head_dim, d_model, bias=bias, init_std=init_std)
-        self.q_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
-        self.k_norm = nn.RMSNorm(head_dim, eps=1e-6) if qk_norm else None
+        self.q_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps) if qk_norm else None
+        self.k_norm = nn.RMSNorm(head_dim, eps=qk_norm_eps) if qk_norm else None
         if self.kind == "local":
             base = rope_base if local_rope_base is None else local_rope_base
             self.rope = RotaryEmbedding(head_dim, base=base)
@@ -140,12 +143,18 @@ class GroupedQueryAttention(nn.Module):
         cos, sin = self.rope(layout.positions)  # (B, T, hd/2)
         return RotaryEmbedding.rotate(q, cos, sin), RotaryEmbedding.rotate(k, cos, sin), v
 
-    def forward(self, x: torch.Tensor, layout: SequenceLayout) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, layout: SequenceLayout, cache: KVCache | None = None) -> torch.Tensor:
+        """(B, T, d_model) -> (B, T, d_model). With a ``cache`` (generation), ``x`` holds the new tokens
+        only, ``layout`` is the one :meth:`KVCache.extend` returned for them, and their keys and values
+        are added to the cache (a local layer keeps only its window)."""
         batch, seq_len, _ = x.shape
         q, k, v = self.project(x, layout)
         dropout_p = self.dropout if self.training else 0.0
         backend = select_backend(self.backend, q, dropout_p)
-        y = backend(q, k, v, layout, self.window, dropout_p)  # (B, H, T, hd)
+        if cache is None:
+            y = backend(q, k, v, layout, self.window, dropout_p)  # (B, H, T, hd)
+        else:
+            y = cache.attend(self.layer_index, self.window, backend, q, k, v, layout)  # (B, H, T, hd)
         y = y.transpose(1, 2).reshape(batch, seq_len, self.n_heads * self.head_dim)  # (B, T, H*hd)
         return self.out_proj(y)
 

@@ -59,6 +59,10 @@ class AudioEncoder(nn.Module):
         n_mels: mel bins the front end produces.
         num_tokens: pool the frames to this many tokens; ``None`` keeps one per 20 ms.
         front_end: factory for the waveform -> log-mel module, called with ``n_mels``.
+        init_from: a transformers Whisper checkpoint directory on local disk whose encoder has this
+            shape (``d_model`` = width, ``encoder_layers``, ``encoder_attention_heads``,
+            ``num_mel_bins``, ``encoder_ffn_dim`` = 4 x width); loaded at construction and again
+            after a meta-device build is materialised (see :mod:`constellation_kit.interop.encoders`).
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class AudioEncoder(nn.Module):
         n_mels: int = 80,
         num_tokens: int | None = None,
         front_end: FrontEndFactory = LogMelSpectrogram,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if width % n_heads or width % 2:
@@ -80,15 +85,28 @@ class AudioEncoder(nn.Module):
         self.conv2 = nn.Conv1d(width, width, kernel_size=3, stride=2, padding=1)
         self.blocks = nn.ModuleList(EncoderBlock(width, n_heads) for _ in range(n_layers))
         self.final_norm = nn.LayerNorm(width)
+        self.init_from = init_from
+        if init_from is not None and not self.conv1.weight.is_meta:
+            self._load_pretrained()
+
+    def _load_pretrained(self) -> None:
+        from constellation_kit.interop.encoders import load_whisper_encoder  # lazy: safetensors only needed here
+
+        load_whisper_encoder(self, self.init_from)
 
     def reset_parameters(self) -> None:
         """Every submodule here owns its own ``reset_parameters``; this re-runs them (after ``to_empty``)."""
         for module in self.modules():
             if module is not self and callable(getattr(module, "reset_parameters", None)):
                 module.reset_parameters()
+        if self.init_from is not None:
+            self._load_pretrained()
 
     def forward(self, waveforms: torch.Tensor) -> torch.Tensor:
-        mel = self.front_end(waveforms)  # (B, n_mels, F)
+        return self.encode_features(self.front_end(waveforms))
+
+    def encode_features(self, mel: torch.Tensor) -> torch.Tensor:
+        """Log-mel features (B, n_mels, F) -> audio tokens (B, N, width): everything after the front end."""
         x = F.gelu(self.conv1(mel.to(self.conv1.weight.dtype)))  # (B, width, F)
         x = F.gelu(self.conv2(x)).transpose(1, 2)  # (B, ceil(F/2), width)
         x = x + sinusoids(x.shape[1], x.shape[2], x.device).to(x.dtype)

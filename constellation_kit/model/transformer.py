@@ -27,6 +27,7 @@ from torch import nn
 from constellation_kit.errors import ConfigError
 from constellation_kit.model.attention import GroupedQueryAttention
 from constellation_kit.model.feedforward import SwiGLU
+from constellation_kit.model.kv_cache import KVCache
 from constellation_kit.model.layers import Embedding, Linear
 from constellation_kit.model.layout import SequenceLayout
 
@@ -71,15 +72,20 @@ class Block(nn.Module):
         self.feed_forward = feed_forward(d_model)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, layout: SequenceLayout) -> tuple[torch.Tensor, list[tuple[int, Any]]]:
+    def forward(
+        self, x: torch.Tensor, layout: SequenceLayout, cache: KVCache | None = None
+    ) -> tuple[torch.Tensor, list[tuple[int, Any]]]:
         """(B, T, d_model) -> the same shape, and the ``(layer_index, aux)`` its sublayers reported.
 
         The aux entries are returned, not appended to a list the caller passes in: wrappers such as
         FSDP2 rebuild a module's input containers (moving tensors to the device), so appends to an
-        argument would land in a copy and be lost.
+        argument would land in a copy and be lost. A ``cache`` goes to the attention only, and only
+        when given: an attention module of the user's need not know about caches until it is used
+        for generation.
         """
         aux: list[tuple[int, Any]] = []
-        x = x + self.dropout(self._collect(self.attention(self.attention_norm(x), layout), aux))
+        attention_args = (layout,) if cache is None else (layout, cache)
+        x = x + self.dropout(self._collect(self.attention(self.attention_norm(x), *attention_args), aux))
         x = x + self.dropout(self._collect(self.feed_forward(self.feed_forward_norm(x)), aux))
         return x, aux
 
@@ -185,6 +191,7 @@ class Transformer(nn.Module):
         layout: SequenceLayout | None = None,
         embeddings: torch.Tensor | None = None,
         edit_embeddings: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        cache: KVCache | None = None,
     ) -> TransformerOutput:
         """Run the blocks over ``tokens`` (B, T), or over precomputed ``embeddings`` (B, T, d_model).
 
@@ -192,6 +199,10 @@ class Transformer(nn.Module):
         ``edit_embeddings`` maps the token embeddings (B, T, d_model) to the blocks' input, e.g. to
         write encoder outputs over placeholder tokens. It runs inside this forward on purpose: under
         FSDP2 the embedding table is only gathered while the root module's forward runs.
+
+        ``cache`` (generation): ``tokens`` continue the sequences the cache holds; every attention
+        layer attends its cached keys and adds the new ones. ``layout`` is then the one
+        :meth:`KVCache.extend` returned for these tokens, or ``None`` when none is padding.
         """
         if embeddings is None:
             if tokens is None:
@@ -201,11 +212,16 @@ class Transformer(nn.Module):
             embeddings = edit_embeddings(embeddings)
         batch, seq_len, _ = embeddings.shape
         if layout is None:
-            layout = SequenceLayout.single_document(batch, seq_len, embeddings.device)
+            layout = (
+                SequenceLayout.single_document(batch, seq_len, embeddings.device)
+                if cache is None
+                else cache.extend(torch.ones(batch, seq_len, dtype=torch.bool, device=embeddings.device))
+            )
         x = self.embedding_dropout(embeddings)
         aux: list[tuple[int, Any]] = []
+        block_args = (layout,) if cache is None else (layout, cache)
         for block in self.blocks:
-            x, block_aux = block(x, layout)
+            x, block_aux = block(x, *block_args)
             aux.extend(block_aux)
         return TransformerOutput(hidden=self.final_norm(x), aux=aux)
 

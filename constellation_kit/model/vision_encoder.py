@@ -29,7 +29,9 @@ class TimmVisionEncoder(nn.Module):
     Args:
         backbone: a timm model name, e.g. ``vit_small_patch16_224`` or ``resnet18``.
         num_tokens: pool the patch tokens to this many; ``None`` keeps them all.
-        weights_path: local checkpoint to load into the backbone (``None``: random init).
+        weights_path: local checkpoint to load into the backbone (``None``: random init): a timm/PyTorch
+            state dict file, or a transformers CLIP checkpoint directory for a ``vit_*_clip_quickgelu_*``
+            backbone of the same sizes (see :mod:`constellation_kit.interop.encoders`).
         backbone_kwargs: passed to ``timm.create_model`` (``img_size``, ``patch_size``, ``depth``...).
     """
 
@@ -67,10 +69,17 @@ class TimmVisionEncoder(nn.Module):
 
     def _load_weights(self) -> None:
         path = Path(self.weights_path)
-        if not path.is_file():
-            raise ConfigError(f"vision weights_path {self.weights_path!r} does not exist: point it at a local state dict")
-        state = torch.load(path, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
+        if path.is_dir():
+            # A transformers CLIP checkpoint directory: converted to this (CLIP-style timm ViT) backbone's names.
+            from constellation_kit.interop.encoders import clip_vision_to_timm  # lazy: only needed here
+
+            state = clip_vision_to_timm(path, self.backbone)
+        elif not path.is_file():
+            raise ConfigError(f"vision weights_path {self.weights_path!r} does not exist: point it at a local state "
+                              "dict, or a transformers CLIP checkpoint directory")
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+            state = state.get("state_dict", state) if isinstance(state, dict) else state
         missing, unexpected = self.backbone.load_state_dict(state, strict=False)
         # The classifier head is removed (num_classes=0), so its weights are expected leftovers.
         unexpected = [k for k in unexpected if not k.startswith(("head.", "fc.", "classifier."))]

@@ -51,6 +51,10 @@ class LanguageModel(L.LightningModule):
         loss_chunk_size: compute the loss through the LM head this many tokens at a time, never
             materialising a micro-batch's full logits (see :mod:`constellation_kit.model.chunked_loss`);
             ``None`` computes all logits at once (fastest at small vocabularies and batches).
+        init_from: a transformers checkpoint directory on local disk (Mixtral-, Mellum- or Llama-class)
+            to start the network from instead of a random initialisation; its config must match the
+            network's (see :mod:`constellation_kit.interop`). Read rank by rank under FSDP2. A resumed
+            run's checkpoint overwrites it.
     """
 
     not_hyperparameters: tuple[str, ...] = ("network", "optimizer", "scheduler", "balance")
@@ -64,6 +68,7 @@ class LanguageModel(L.LightningModule):
         scheduler: SchedulerFactory | None = None,
         balance: list[BalanceLoss] | None = None,
         loss_chunk_size: int | None = None,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         self.network_factory = network
@@ -72,6 +77,7 @@ class LanguageModel(L.LightningModule):
         self.scheduler_factory = scheduler
         self.balance = list(balance or [])
         self.loss_chunk_size = loss_chunk_size
+        self.init_from = init_from
         # Factories and modules are not hyperparameters: the CLI saves the full config instead. Lightning
         # collects a subclass's arguments here too, so a subclass names its own in `not_hyperparameters`.
         self.save_hyperparameters(ignore=list(self.not_hyperparameters), logger=False)
@@ -86,7 +92,15 @@ class LanguageModel(L.LightningModule):
         trainer spends time setting up; the CLI calls it right after instantiation.
         """
         with torch.device("meta"):
-            self.network_factory(self.vocab_size)
+            network = self.network_factory(self.vocab_size)
+        self.check_init_from(network)
+
+    def check_init_from(self, network: Transformer) -> None:
+        """Raise a :class:`ConfigError` if ``init_from`` names a checkpoint ``network`` (meta is fine) cannot hold."""
+        if self.init_from is not None:
+            from constellation_kit.interop.init_from import check_fits  # lazy: only needed with init_from
+
+            check_fits(network, self.init_from)
 
     def configure_model(self) -> None:
         if self.network is not None:
@@ -99,6 +113,11 @@ class LanguageModel(L.LightningModule):
             self.network = strategy.parallelize(network)
         else:
             self.network = self.network_factory(self.vocab_size)
+        if self.init_from is not None and self._trainer is not None:
+            # Only under a trainer: load_trained_model builds the module bare and loads its own weights.
+            from constellation_kit.interop.init_from import load_pretrained  # lazy: safetensors is needed only here
+
+            load_pretrained(self.network, self.init_from)
 
     def forward(
         self,

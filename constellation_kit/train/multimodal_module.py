@@ -66,6 +66,7 @@ class MultimodalLanguageModel(LanguageModel):
             :class:`~constellation_kit.train.InfoNCEAlignment`; ``None`` disables it.
         alignment_weight: its coefficient in the training loss.
         loss_chunk_size: as in :class:`LanguageModel`: the LM head and loss this many tokens at a time.
+        init_from: as in :class:`LanguageModel`: the language model's start from a transformers checkpoint.
     """
 
     not_hyperparameters = (*LanguageModel.not_hyperparameters, "vision_encoder", "audio_encoder", "vision_projector",
@@ -87,8 +88,9 @@ class MultimodalLanguageModel(LanguageModel):
         alignment_loss: nn.Module | None = None,
         alignment_weight: float = 0.1,
         loss_chunk_size: int | None = None,
+        init_from: str | None = None,
     ) -> None:
-        super().__init__(network, vocab_size, optimizer, scheduler, balance, loss_chunk_size)
+        super().__init__(network, vocab_size, optimizer, scheduler, balance, loss_chunk_size, init_from)
         self.encoder_factories = {"image": vision_encoder, "audio": audio_encoder}
         self.projector_factories = {"image": vision_projector, "audio": audio_projector}
         self.frozen = {"image": freeze_vision_encoder, "audio": freeze_audio_encoder}
@@ -119,6 +121,7 @@ class MultimodalLanguageModel(LanguageModel):
         with torch.device("meta"):
             network = self.network_factory(self.vocab_size)
             self.build_media(network.d_model)
+        self.check_init_from(network)
 
     def configure_model(self) -> None:
         super().configure_model()

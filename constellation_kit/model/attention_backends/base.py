@@ -3,6 +3,7 @@
 from abc import ABC, abstractmethod
 
 import torch
+import torch.nn.functional as F
 
 from constellation_kit.model.layout import SequenceLayout
 
@@ -35,3 +36,14 @@ class AttentionBackend(ABC):
         dropout_p: float,
     ) -> torch.Tensor:
         """Attend; see the class docstring for shapes and the mask."""
+
+    def attend_cached(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor) -> torch.Tensor:
+        """New queries (B, H, T, hd) against cached keys and values (B, Hkv, S, hd) under ``allowed`` (B, 1, T, S).
+
+        The decoding step of :class:`~constellation_kit.model.kv_cache.KVCache`: T is a handful of new
+        tokens and S the cache, so an explicit (T, S) mask is linear in the cache, and the training
+        kernels' (T, T) layouts do not apply. This default is SDPA with that mask (any device and
+        dtype); a backend with a faster decoding kernel overrides it. Every query row allows at
+        least its own key, so no softmax row is empty.
+        """
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, enable_gqa=True)

@@ -1,0 +1,39 @@
+"""The chosen metrics' curves, one line per run, one panel per metric, as a PNG."""
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on a cluster node or in CI
+import matplotlib.pyplot as plt  # noqa: E402
+
+from constellation_kit.compare.runs import RunSummary  # noqa: E402
+
+
+def plot_curves(runs: list[RunSummary], metrics: list[str], path: Path, title: str) -> list[str]:
+    """Draw each metric's history against the step for every run into ``path`` (PNG).
+
+    Returns the metrics that had something to draw; a metric no run logged gets no panel.
+    """
+    drawn = [metric for metric in metrics if any(run.histories.get(metric) for run in runs)]
+    if not drawn:
+        return []
+    figure, axes = plt.subplots(1, len(drawn), figsize=(5.5 * len(drawn), 4), squeeze=False)
+    colours = plt.get_cmap("tab10")
+    for axis, metric in zip(axes[0], drawn):
+        for index, run in enumerate(runs):
+            history = sorted(run.histories.get(metric, []))
+            if history:
+                steps, values = zip(*history)
+                axis.plot(steps, values, label=run.name, color=colours(index % 10),
+                          marker="o" if len(history) < 12 else None, markersize=3)
+        axis.set_title(metric)
+        axis.set_xlabel("step")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return drawn
