@@ -5,7 +5,7 @@ source is a seeded permutation of its chunks, each chunk's items permuted in tur
 dealt to the slots round-robin, so a slot reads whole chunks (one download each) and no two slots
 read the same document. A source with fewer chunks than slots is dealt item by item instead
 (small corpora: each slot then reads a stride of every chunk). The chunks given are one split's
-(:func:`~constellation_kit.data.splits.validation_chunks` decides which).
+(:func:`~constellation_kit.data.splits.split_chunks` decides which).
 
 A slot's position in a source is ``(epoch, offset)``: the order is a pure function of the seed,
 the source, the epoch and the slot grid, so that pair is all a checkpoint needs to continue.

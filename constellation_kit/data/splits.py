@@ -28,9 +28,26 @@ def validation_chunks(source: str, num_chunks: int, seed: int, fraction: float) 
     """
     if num_chunks < 2:
         raise ConfigError(
-            f"source {source!r} has {num_chunks} chunk(s): validation holds out whole chunks, so a source needs at "
-            "least 2; write its shards with a smaller chunk size"
+            f"source {source!r} has {num_chunks} chunk(s) and too few items to hold any out for validation: "
+            "add data"
         )
     count = min(num_chunks - 1, max(1, round(fraction * num_chunks)))
     key = int.from_bytes(hashlib.sha256(f"{seed}:{source}".encode()).digest()[:8], "big")
     return {int(c) for c in np.random.default_rng(key).permutation(num_chunks)[:count]}
+
+
+def split_chunks(
+    source: str, bounds: list[tuple[int, int]], seed: int, fraction: float
+) -> tuple[dict[int, tuple[int, int]], dict[int, tuple[int, int]]]:
+    """A sharded source's ``(train, validation)`` item ranges by chunk, ``{chunk: (first, end)}``.
+
+    Whole chunks (:func:`validation_chunks`); a source of a single chunk (a small curated corpus)
+    holds out the last ``round(fraction x items)`` items of it instead, at least one.
+    """
+    if len(bounds) == 1 and bounds[0][1] - bounds[0][0] >= 2:
+        first, end = bounds[0]
+        held = min(end - first - 1, max(1, round(fraction * (end - first))))
+        return {0: (first, end - held)}, {0: (end - held, end)}
+    held_out = validation_chunks(source, len(bounds), seed, fraction)
+    train = {c: b for c, b in enumerate(bounds) if c not in held_out}
+    return train, {c: b for c, b in enumerate(bounds) if c in held_out}

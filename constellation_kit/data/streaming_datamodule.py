@@ -14,7 +14,7 @@ from constellation_kit.data.cache import default_cache_dir
 from constellation_kit.data.datamodule import DataModule, check_data_fingerprint
 from constellation_kit.data.media import DEFAULT_MAX_MEDIA_BYTES, clip_samples
 from constellation_kit.data.shards import TOKENIZER, ShardReader, ShardSource, join, read_text
-from constellation_kit.data.splits import validation_chunks
+from constellation_kit.data.splits import split_chunks
 from constellation_kit.data.streaming_dataset import (
     MediaSettings,
     StreamSpec,
@@ -48,7 +48,7 @@ class StreamingDataModule(DataModule):
     of each source): no document is lost, and documents already read in the interrupted epoch may
     be read once more. Changing weights between runs (same sources) keeps every source's position;
     the new shares apply from the next document drawn. Validation holds out whole chunks
-    (:func:`~constellation_kit.data.splits.validation_chunks`).
+    (:func:`~constellation_kit.data.splits.split_chunks`; the tail of a source's only chunk).
 
     A media file that does not decode is replaced by a blank whose caption is not trained on, and
     counted by reason in the batch's ``media_skipped`` (:data:`~constellation_kit.data.media.SKIP_REASONS`).
@@ -172,9 +172,8 @@ class StreamingDataModule(DataModule):
     def _spec(self, split: str, batch_size: int) -> StreamSpec:
         chunks = []
         for source, reader in zip(self.sources, self.readers):
-            bounds = reader.chunks
-            held_out = validation_chunks(source.name, len(bounds), self.seed, self.val_fraction)
-            chunks.append({c: b for c, b in enumerate(bounds) if (c in held_out) == (split == "val")})
+            train, val = split_chunks(source.name, reader.chunks, self.seed, self.val_fraction)
+            chunks.append(val if split == "val" else train)
         return StreamSpec(
             names=[s.name for s in self.sources], weights=[s.weight for s in self.sources], readers=self.readers,
             chunks=chunks, seq_len=self.seq_len, batch_size=batch_size, eos_id=self.eos_id,

@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from constellation_kit.data.document_order import DocumentOrder, Position
-from constellation_kit.data.splits import validation_chunks
+from constellation_kit.data.splits import split_chunks, validation_chunks
 
 
 @pytest.mark.parametrize("num_chunks,num_slots", [(10, 4), (3, 4), (7, 1)])
@@ -37,3 +37,10 @@ def test_validation_chunks_are_a_stable_share_of_at_least_one():
     assert len(validation_chunks("web", 4, 0, 0.01)) == 1
     assert validation_chunks("web", 100, 0, 0.05) == validation_chunks("web", 100, 0, 0.05)
     assert validation_chunks("web", 100, 0, 0.05) != validation_chunks("code", 100, 0, 0.05)
+
+
+def test_a_single_chunk_source_holds_out_its_tail():
+    train, val = split_chunks("web", [(0, 40)], seed=0, fraction=0.1)
+    assert train == {0: (0, 36)} and val == {0: (36, 40)}
+    train, val = split_chunks("web", [(0, 10), (10, 20), (20, 30)], seed=0, fraction=0.1)
+    assert len(val) == 1 and sorted(train) + sorted(val) != [] and set(train) | set(val) == {0, 1, 2}

@@ -181,3 +181,30 @@ def test_s3_streams_the_same_batches_as_local(corpus: Path, s3_corpus, tmp_path:
     assert_same_batches(consume(remote, 6), consume(local, 6))
     assert_same_batches(list(remote.val_dataloader()), list(local.val_dataloader()))
     assert list((tmp_path / "cache" / "streams").iterdir())  # chunks came through the local cache
+
+
+@pytest.mark.slow
+def test_a_curated_directory_streams_its_documents(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """`constellation-kit curate`'s own output (one chunk: the small-corpus split) through the streaming module."""
+    import json
+    import random
+
+    from tokenizers import Tokenizer
+
+    from constellation_kit.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    rng = random.Random(0)
+    words = ["".join(rng.choice("klmnoprstu") for _ in range(6)) for _ in range(500)]
+    # A quarter stop words, as curate's word filter expects of natural text.
+    docs = [" ".join(rng.choice(["the", "and", "of"] if rng.random() < 0.25 else words) for _ in range(80)) + "."
+            for _ in range(40)]
+    (tmp_path / "raw.jsonl").write_text("\n".join(json.dumps({"text": d}) for d in docs) + "\n")
+    main(["curate", "--input", str(tmp_path / "raw.jsonl"), "--output", "web", "--tasks=1", "--workers=1",
+          "--vocab_size=300"])
+    dm = datamodule([str(tmp_path / "web")], val_fraction=0.1)
+    batches = consume(dm, 4)
+    tokenizer = Tokenizer.from_file(str(tmp_path / "web" / "tokenizer.json"))
+    text = tokenizer.decode(batches[0]["tokens"][0].tolist())
+    assert any(" ".join(text.split()[1:4]) in d for d in docs)  # curated words, in their documents' order
+    assert list(dm.val_dataloader())
