@@ -1,6 +1,5 @@
 """The tiny recipe trained from shards through the console script: one source on disk, one on a loopback S3 server."""
 
-from pathlib import Path
 
 import pytest
 import torch
@@ -10,7 +9,8 @@ from shard_fixtures import media_items, s3_server, text_items, tokenizer_json, w
 from conftest import TINY, enter_run_directory, tracking_client
 from constellation_kit.cli import ConstellationCLI
 
-STEPS = ["--trainer.max_steps=3", "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=1", "--trainer.val_check_interval=3"]
+STEPS = ["--trainer.max_steps=3", "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=1",
+         "--trainer.val_check_interval=3"]
 
 
 @pytest.fixture(scope="module")

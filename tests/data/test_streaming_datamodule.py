@@ -1,11 +1,9 @@
 """Streaming from shards: exact resume (2 workers, 2 processes), mixture shares, S3 equals local, bad media counted."""
 
-import itertools
 import os
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
