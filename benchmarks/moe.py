@@ -1,6 +1,6 @@
 """fwd+bwd time of the MoE layer against a dense SwiGLU of equal active FLOPs and Hugging Face's Mixtral block.
 
-    python benchmarks/moe.py [--quick] [--threads N]
+    python benchmarks/moe.py [--quick] [--threads N] [--keep-freed-memory] [--no-loop]
 
 Two shapes, fp32 on CPU, T = 4096 tokens, d_model = 512:
   coarse: E = 8,  K = 2, expert hidden 1024 (Mixtral-like)
@@ -54,6 +54,22 @@ def mixtral_block(layer: MoEFeedForward, num_experts: int, top_k: int, hidden: i
     return block, getattr(config, "_experts_implementation", None)
 
 
+def keep_freed_memory() -> None:
+    """Stop glibc from mmap-ing and unmapping every large buffer (the default above 32 MB).
+
+    Measured here (issue 15): a fresh (T·K, D) = 64 MB fp32 buffer costs ~50 ms of page faults per
+    use on this machine, more than the copy itself (index_select into a fresh buffer 64 ms, into a
+    reused one 15 ms). MoE dispatch allocates several per step, a dense layer fewer: this flag
+    shows how much of the gap is the allocator. (jemalloc or tcmalloc via LD_PRELOAD do the same.)
+    """
+    import ctypes
+
+    libc = ctypes.CDLL("libc.so.6")
+    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
+    libc.mallopt(M_TRIM_THRESHOLD, 1 << 34)
+
+
 def time_fwd_bwd(fn, x: torch.Tensor, grad: torch.Tensor, repeats: int, warmup: int) -> float:
     times = []
     for i in range(warmup + repeats):
@@ -72,7 +88,11 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (finishes in well under 90 s)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-loop", action="store_true", help="skip the (slow) per-expert-loop reference row")
+    parser.add_argument("--keep-freed-memory", action="store_true",
+                        help="glibc: serve large buffers from the heap and keep freed ones (mallopt), for every arm")
     args = parser.parse_args()
+    if args.keep_freed_memory:
+        keep_freed_memory()
     if args.threads:
         torch.set_num_threads(args.threads)
     repeats, warmup = (3, 1) if args.quick else (10, 2)
@@ -115,6 +135,7 @@ def main() -> None:
         if hf:
             results[f"{prefix}moe_over_transformers"] = round(rows["constellation MoE (grouped_mm)"] / hf[0], 3)
         results[f"{prefix}ms"] = {name: round(ms, 1) for name, ms in rows.items()}
+    results["keep_freed_memory"] = args.keep_freed_memory
     print(json.dumps(results))
 
 

@@ -20,6 +20,8 @@ import torch.nn.functional as F
 
 from constellation_kit.errors import ConfigError
 from constellation_kit.model.experts import SwiGLUExperts
+from constellation_kit.model.grouped_mm import grouped_mm
+from constellation_kit.model.grouped_mm import grouped_mm_supported as _grouped_mm_supported
 from constellation_kit.model.router import RouterOutput
 
 
@@ -55,6 +57,8 @@ class Dispatcher:
         # Stable sort keeps token order inside each expert: that order decides who is dropped.
         order_N = torch.argsort(experts_N, stable=True)
         tokens_per_expert_E = routing.tokens_per_expert_E
+        # zeros_like of a routing tensor, not a fresh torch.zeros: inside a checkpointed compiled block,
+        # dynamo (torch 2.11) loses a returned constant that no input feeds ("nonexistent value").
         dropped = torch.zeros((), device=x_TD.device)
         if self.capacity_factor is not None:
             capacity = math.ceil(self.capacity_factor * num_tokens * top_k / num_experts)
@@ -94,69 +98,19 @@ class LoopDispatch(Dispatcher):
         return torch.cat(outputs) if outputs else x_ND.new_zeros(0, x_ND.shape[-1])
 
 
-class _GroupedMM(torch.autograd.Function):
-    """``torch._grouped_mm(a_ND, w_EIO, offsets)`` with a backward built from grouped matmuls too.
-
-    torch 2.11 runs ``_grouped_mm`` on CPU (fp32, strides multiple of 16 bytes) for both the
-    3-D-weight product and the 2-D × 2-D product a weight gradient needs, at dense-matmul speed,
-    but registers no CPU autograd formula. The gradients are the textbook ones, per group ``e``:
-    ``da_e = dy_e w_e^T`` and ``dw_e = a_e^T dy_e``; experts with no rows get ``dw_e = 0``.
-    """
-
-    @staticmethod
-    def forward(ctx, a_NI: torch.Tensor, w_EIO: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(a_NI, w_EIO, offsets_E)
-        return torch._grouped_mm(a_NI, w_EIO, offsets_E)
-
-    @staticmethod
-    def backward(ctx, grad_NO: torch.Tensor):
-        a_NI, w_EIO, offsets_E = ctx.saved_tensors
-        grad_NO = grad_NO.contiguous()
-        grad_a = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_a = torch._grouped_mm(grad_NO, w_EIO.transpose(-2, -1), offsets_E)
-        if ctx.needs_input_grad[1]:
-            # (I, N) × (N, O) grouped along N -> (E, I, O).
-            grad_w = torch._grouped_mm(a_NI.t(), grad_NO, offsets_E)
-        return grad_a, grad_w, None
-
-
-@torch.compiler.disable
-def _cpu_grouped_mm(a_NI: torch.Tensor, w_EIO: torch.Tensor, offsets_E: torch.Tensor) -> torch.Tensor:
-    """:class:`_GroupedMM` run eagerly even inside ``torch.compile`` (a graph break).
-
-    torch 2.11's meta (fake-tensor) kernel for ``_grouped_mm`` accepts only bf16, although the CPU
-    kernel runs fp32: traced, the fp32 CPU call fails with "Expected inputs of BF16 type". Run
-    eagerly, the compiled graphs on either side of it stay exact.
-    """
-    return _GroupedMM.apply(a_NI, w_EIO, offsets_E)
-
-
 def grouped_mm_supported(x: torch.Tensor, experts: SwiGLUExperts) -> bool:
     """Whether ``torch._grouped_mm`` can run these shapes and dtype on this device."""
-    if not hasattr(torch, "_grouped_mm"):
-        return False
-    if x.device.type == "cuda":
-        # The CUDA kernel is the Hopper (sm90+) bf16 path; rows must be 16-byte aligned (8 bf16 values).
-        return (
-            torch.cuda.get_device_capability(x.device) >= (9, 0)
-            and x.dtype == torch.bfloat16
-            and x.shape[-1] % 8 == 0
-            and experts.hidden_dim % 8 == 0
-        )
-    if x.device.type == "cpu":
-        # fp32 rows must be 16-byte aligned: widths a multiple of 4.
-        return x.dtype == torch.float32 and x.shape[-1] % 4 == 0 and experts.hidden_dim % 4 == 0
-    return False
+    return _grouped_mm_supported(x, x.shape[-1], experts.hidden_dim)
 
 
 class GroupedMMDispatch(Dispatcher):
     """The fast path: two grouped matmuls (``torch._grouped_mm``) for all experts at once.
 
-    On CUDA (Hopper, bf16) it calls ``torch._grouped_mm`` and its native autograd (torchtitan's
-    path); on CPU (fp32) it wraps it in :class:`_GroupedMM`, whose backward is grouped matmuls too.
-    Where neither applies (other dtypes, widths not a multiple of 4 or 8, older GPUs), it falls
-    back to the per-expert loop, so a recipe never fails for want of a kernel.
+    Both go through :func:`~constellation_kit.model.grouped_mm.grouped_mm`, a custom operator with
+    a fake kernel (so a compiled block keeps one graph) whose backward is grouped matmuls too; it
+    runs on Hopper GPUs in bf16 and on CPUs in fp32 and bf16. Where it cannot (other dtypes, rows
+    not 16-byte aligned, older GPUs), dispatch falls back to the per-expert loop, so a recipe never
+    fails for want of a kernel.
     """
 
     def run_experts(
@@ -171,14 +125,9 @@ class GroupedMMDispatch(Dispatcher):
         if not grouped_mm_supported(x_ND, experts):
             return LoopDispatch.run_experts(self, x_ND, tokens_per_expert_E, experts, weights_N)
         offsets_E = torch.cumsum(tokens_per_expert_E, 0).to(torch.int32)  # end row of each group
-        if x_ND.device.type == "cuda":
-            gate_up_N2H = torch._grouped_mm(x_ND, w_gate_up, offsets_E)
-        else:
-            gate_up_N2H = _cpu_grouped_mm(x_ND, w_gate_up, offsets_E)
+        gate_up_N2H = grouped_mm(x_ND, w_gate_up, offsets_E)
         gate_NH, up_NH = gate_up_N2H.chunk(2, dim=-1)
         # The combine weight scales the hidden row rather than the output row: the same product (the
         # down projection is linear) on a narrower tensor whenever H < D (fine-grained experts).
         hidden_NH = F.silu(gate_NH) * up_NH * weights_N.to(gate_NH.dtype).unsqueeze(-1)
-        if x_ND.device.type == "cuda":
-            return torch._grouped_mm(hidden_NH, w_down, offsets_E)
-        return _cpu_grouped_mm(hidden_NH, w_down, offsets_E)
+        return grouped_mm(hidden_NH, w_down, offsets_E)

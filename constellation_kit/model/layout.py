@@ -5,7 +5,6 @@ derives from it (document spans, cu_seqlens, masks) is computed once and cached 
 """
 
 from dataclasses import dataclass, field
-from functools import cached_property
 from typing import Any
 
 import torch
@@ -35,20 +34,27 @@ class SequenceLayout:
     distinct within a row, and a document is a contiguous run of equal ids. ``positions`` (B, T):
     each token's index inside its document, so RoPE restarts at every document boundary.
 
-    The cached properties below (spans, groups, cu_seqlens, masks) each cost at most one
-    device-to-host sync, paid by the first layer that asks.
+    The memoised properties below (spans, groups, cu_seqlens, masks) each cost at most one
+    device-to-host sync, paid by the first layer that asks. Compiled blocks never ask for them
+    (the attention backends take static-shape paths under ``torch.compile``), except
+    ``is_single_document``, which the constructors settle before any block runs.
     """
 
     document_ids: torch.Tensor
     positions: torch.Tensor
     cache: dict[Any, Any] = field(default_factory=dict, compare=False, repr=False)
     """Backend-specific derived tensors (e.g. block masks per window), built once per forward."""
+    single: bool | None = field(default=None, compare=False)
+    """Whether no row holds a document boundary; ``None`` until asked (then one host sync).
+
+    Settled by the constructors, outside any compiled region, so a compiled block reads a Python
+    constant (one guard, at most two compiled variants) instead of breaking the graph to sync."""
 
     @classmethod
     def single_document(cls, batch_size: int, seq_len: int, device: torch.device) -> "SequenceLayout":
         """One document per row: positions ``0..T-1``, the layout of unpacked text."""
         positions = torch.arange(seq_len, device=device).expand(batch_size, seq_len)
-        return cls(document_ids=torch.zeros_like(positions), positions=positions)
+        return cls(document_ids=torch.zeros_like(positions), positions=positions, single=True)
 
     @classmethod
     def from_document_ids(cls, document_ids: torch.Tensor) -> "SequenceLayout":
@@ -57,7 +63,19 @@ class SequenceLayout:
         index = torch.arange(seq_len, device=document_ids.device).expand_as(document_ids)
         # The start index of the current document, carried forward with a running max.
         start_index = torch.where(cls._starts(document_ids), index, torch.zeros_like(index)).cummax(dim=1).values
-        return cls(document_ids=document_ids, positions=index - start_index)
+        single = None if torch.compiler.is_compiling() else cls._all_single(document_ids)
+        return cls(document_ids=document_ids, positions=index - start_index, single=single)
+
+    @staticmethod
+    def _all_single(document_ids: torch.Tensor) -> bool:
+        return bool((document_ids == document_ids[:, :1]).all())
+
+    def _memo(self, key: str, compute):
+        # A dict rather than functools.cached_property: that one enters an RLock, which dynamo
+        # cannot trace, and the layout is an input of every compiled block.
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]
 
     @staticmethod
     def _starts(document_ids: torch.Tensor) -> torch.Tensor:
@@ -69,41 +87,52 @@ class SequenceLayout:
     def shape(self) -> tuple[int, int]:
         return tuple(self.document_ids.shape)
 
-    @cached_property
+    @property
     def is_single_document(self) -> bool:
         """True when no row holds a document boundary (then plain causal attention is exact).
 
-        Cached: every layer asks, and the answer costs a device-to-host sync.
+        Settled once: every layer asks, and the answer costs a device-to-host sync.
         """
-        return bool((self.document_ids == self.document_ids[:, :1]).all())
+        if self.single is None:
+            object.__setattr__(self, "single", self._all_single(self.document_ids))  # frozen dataclass
+        return self.single
 
-    @cached_property
+    @property
     def document_lengths(self) -> list[int]:
         """Lengths of every document, row after row (one host sync); they tile the (B * T) tokens."""
+        return self._memo("document_lengths", self._document_lengths)
+
+    def _document_lengths(self) -> list[int]:
         batch, seq_len = self.document_ids.shape
         starts = self._starts(self.document_ids).flatten().nonzero().flatten().cpu()
         # Rows are concatenated, so every row's first token is a start and spans never cross rows.
         bounds = torch.cat([starts, torch.tensor([batch * seq_len])])
         return bounds.diff().tolist()
 
-    @cached_property
+    @property
     def cu_seqlens(self) -> torch.Tensor:
         """(n_documents + 1,) int32 cumulative document lengths over the flattened batch (flash-attn varlen)."""
+        return self._memo("cu_seqlens", self._cu_seqlens)
+
+    def _cu_seqlens(self) -> torch.Tensor:
         lengths = torch.tensor([0] + self.document_lengths, dtype=torch.int32)
         return lengths.cumsum(0, dtype=torch.int32).to(self.document_ids.device)
 
-    @cached_property
+    @property
     def max_seqlen(self) -> int:
         """The longest document, in tokens (flash-attn varlen's ``max_seqlen``)."""
         return max(self.document_lengths)
 
-    @cached_property
+    @property
     def document_groups(self) -> tuple[list[DocumentGroup], torch.Tensor]:
         """Documents grouped by length, and the permutation that undoes the grouping.
 
         Returns ``(groups, inverse)``: concatenating every group's flat token indices gives a
         permutation of ``0..B*T-1``; ``inverse`` (B * T,) maps it back to token order.
         """
+        return self._memo("document_groups", self._document_groups)
+
+    def _document_groups(self) -> tuple[list[DocumentGroup], torch.Tensor]:
         device = self.document_ids.device
         by_length: dict[int, list[int]] = {}
         offset = 0
@@ -126,14 +155,19 @@ class SequenceLayout:
         the eager reference and SDPA on short sequences use it; the scalable paths never build it.
         """
         key = ("allowed", window)
-        if key not in self.cache:
+        if key not in self.cache or torch.compiler.is_compiling():
             seq_len = self.document_ids.shape[1]
             i = torch.arange(seq_len, device=self.document_ids.device)
             allowed = i[None, :] <= i[:, None]  # (T, T) causal
             if window is not None:
                 allowed = allowed & (i[:, None] - i[None, :] < window)
             same_document = self.document_ids[:, :, None] == self.document_ids[:, None, :]  # (B, T, T)
-            self.cache[key] = (allowed & same_document).unsqueeze(1)
+            mask = (allowed & same_document).unsqueeze(1)
+            if torch.compiler.is_compiling():
+                # Inside a compiled block the mask is part of the graph (inductor fuses it); storing
+                # it would change the cache's keys between blocks and recompile every second one.
+                return mask
+            self.cache[key] = mask
         return self.cache[key]
 
     @property

@@ -10,6 +10,7 @@ Shape legend: ``B`` batch, ``S`` sequence, ``T = B·S`` tokens, ``D`` width, ``E
                                   └──► shared experts (every token) ────────┘
 """
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -20,6 +21,8 @@ from constellation_kit.model.dispatch import Dispatcher, GroupedMMDispatch
 from constellation_kit.model.experts import SwiGLUExperts
 from constellation_kit.model.feedforward import SwiGLU
 from constellation_kit.model.router import RouterOutput, TopKRouter
+
+_ROUTER_FIELDS = tuple(field.name for field in dataclasses.fields(RouterOutput))  # dynamo cannot call fields()
 
 RouterFactory = Callable[[int, int], nn.Module]
 """Builds a router from ``(d_model, num_experts)``; its forward maps (T, D) to a :class:`RouterOutput`."""
@@ -87,7 +90,13 @@ class MoEFeedForward(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, RouterOutput]:
         x_TD = x.reshape(-1, x.shape[-1])  # (T, D)
         routing = self.router(x_TD)
-        y_TD, routing.dropped_fraction = self.dispatch(x_TD, routing, self.experts)
+        y_TD, dropped_fraction = self.dispatch(x_TD, routing, self.experts)
+        # A new value through the positional constructor, not an attribute write, dataclasses.replace
+        # or keywords: inside a checkpointed block compiled as one graph, dynamo (torch 2.11) loses
+        # tensors set any other way on an object the block created (see TopKRouter.forward).
+        routing = RouterOutput(*(
+            dropped_fraction if name == "dropped_fraction" else getattr(routing, name) for name in _ROUTER_FIELDS
+        ))
         if self.shared_experts is not None:
             y_TD = y_TD + self.shared_experts(x_TD)
         return y_TD.view_as(x), routing

@@ -114,14 +114,20 @@ class TopKRouter(nn.Module):
             if self.renormalize:
                 weights_TK = weights_TK / weights_TK.sum(dim=-1, keepdim=True).clamp_min(1e-20)
             weights_TK = weights_TK * self.route_scale
-        tokens_per_expert_E = torch.bincount(experts_TK.flatten(), minlength=self.num_experts)
+        # A scatter-add rather than bincount: bincount's output length depends on the data (it grows
+        # past minlength with the largest id), so torch.compile cannot trace it; this is always (E,).
+        experts_N = experts_TK.flatten()
+        tokens_per_expert_E = experts_N.new_zeros(self.num_experts).scatter_add_(0, experts_N, torch.ones_like(experts_N))
+        # Positional, in field order: built with keywords inside a checkpointed block compiled as one
+        # graph, dynamo (torch 2.11) drops the fields from the block's outputs ("Node output
+        # referenced nonexistent value"); positional construction is traced correctly.
         return RouterOutput(
-            logits_TE=logits_TE,
-            scores_TE=scores_TE,
-            weights_TK=weights_TK,
-            experts_TK=experts_TK,
-            tokens_per_expert_E=tokens_per_expert_E,
+            logits_TE,
+            scores_TE,
+            weights_TK,
+            experts_TK,
+            tokens_per_expert_E,
             # A copy: a sharding wrapper (FSDP2) frees the gathered weight once this block's forward
             # ends, and a penalty computed from it after that would read freed memory. (E x D: small.)
-            router_weight=self.weight.clone(),
+            self.weight.clone(),
         )

@@ -47,7 +47,8 @@ def select_backend(name: BackendName, q: torch.Tensor, dropout_p: float) -> Atte
     for candidate in AUTO_ORDER:
         reason = BACKENDS[candidate].unavailable_reason(q, dropout_p)
         if reason is None:
-            _log_choice(candidate, q.device.type, str(q.dtype), "; ".join(reasons))
+            if not torch.compiler.is_compiling():  # lru_cache is opaque to dynamo; eager calls log it
+                _log_choice(candidate, q.device.type, str(q.dtype), "; ".join(reasons))
             return BACKENDS[candidate]
         reasons.append(f"{candidate}: {reason}")
     raise AssertionError("SDPA is always available")  # pragma: no cover

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from constellation_kit.model.attention_backends.base import AttentionBackend
+from constellation_kit.model.attention_backends.document_op import document_attention
 from constellation_kit.model.layout import SequenceLayout
 
 
@@ -37,6 +38,8 @@ class SDPABackend(AttentionBackend):
         return None
 
     def __call__(self, q, k, v, layout: SequenceLayout, window: int | None, dropout_p: float) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return self._static(q, k, v, layout, window, dropout_p)
         if window is not None and window >= layout.max_seqlen:
             window = None  # the window reaches every earlier token of every document: plain causal
         if window is None and layout.is_single_document:
@@ -46,6 +49,24 @@ class SDPABackend(AttentionBackend):
         if window is None:
             return per_document(q, k, v, layout, dropout_p)
         return sliding_window_blocks(q, k, v, layout, window, dropout_p)
+
+    def _static(self, q, k, v, layout: SequenceLayout, window: int | None, dropout_p: float) -> torch.Tensor:
+        """The same choices without a host sync, for a compiled block: every shape is static.
+
+        The eager shortcuts that read document lengths (a window longer than every document is
+        plain causal) are skipped: the paths below are exact without them.
+        """
+        if window is None and layout.is_single_document:  # settled before the block: a constant
+            return _sdpa(q, k, v, dropout_p)
+        if q.shape[2] <= self.dense_below:
+            return _sdpa(q, k, v, dropout_p, layout.allowed(window))
+        if window is not None:
+            return sliding_window_blocks(q, k, v, layout, window, dropout_p)
+        if dropout_p == 0.0 and q.device.type == "cpu":
+            return document_attention(q, k, v, layout.document_ids)[0]
+        # The opaque operator calls SDPA's CPU kernels without dropout; elsewhere (CUDA, where
+        # flash-attn is the packed path) or with dropout, pay for a quadratic mask instead.
+        return _sdpa(q, k, v, dropout_p, layout.allowed(None))
 
 
 def _sdpa(q, k, v, dropout_p: float, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -97,7 +118,7 @@ def sliding_window_blocks(q, k, v, layout: SequenceLayout, window: int, dropout_
         spans = padded.unfold(2, 2 * window, window)  # (B, Hkv, n, hd, 2W): overlapping views
         return spans.permute(0, 2, 1, 4, 3).flatten(0, 1)  # (B*n, Hkv, 2W, hd), copied once
 
-    mask = layout.cache.get(("sdpa_window_mask", window))
+    mask = None if torch.compiler.is_compiling() else layout.cache.get(("sdpa_window_mask", window))
     if mask is None:
         # Segment numbers (>= 0) rather than the caller's ids, so -1 can never match a real document.
         segments = SequenceLayout._starts(layout.document_ids).cumsum(1)  # (B, T)
@@ -108,7 +129,8 @@ def sliding_window_blocks(q, k, v, layout: SequenceLayout, window: int, dropout_
         band = (b > a) & (b <= window + a)  # (W, 2W)
         mask = band & (doc_q[..., :, None] == doc_k[..., None, :])  # (B, n, W, 2W)
         mask = mask.flatten(0, 1).unsqueeze(1)  # (B*n, 1, W, 2W)
-        layout.cache[("sdpa_window_mask", window)] = mask
+        if not torch.compiler.is_compiling():  # compiled, the mask is part of the graph (see allowed())
+            layout.cache[("sdpa_window_mask", window)] = mask
 
     y = _sdpa(q_blocks, key_blocks(k), key_blocks(v), dropout_p, mask)  # (B*n, H, W, hd)
     y = y.view(batch, n_blocks, n_heads, window, head_dim).transpose(1, 2)
