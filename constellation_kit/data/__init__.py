@@ -7,7 +7,9 @@ from constellation_kit.data.media import MediaError, decode_audio, decode_image,
 from constellation_kit.data.multimodal_datamodule import MultimodalDataModule
 from constellation_kit.data.packing import IGNORE_INDEX, PackedDataset, PackedSequences, pack_documents
 from constellation_kit.data.sampler import ResumableSampler
+from constellation_kit.data.shards import ShardItem, ShardSource, write_shards
 from constellation_kit.data.sources import Document, DocumentSource, PythonStdlibSource
+from constellation_kit.data.streaming_datamodule import StreamingDataModule
 from constellation_kit.data.synthetic_datamodule import SyntheticDataModule
 from constellation_kit.data.text_datamodule import TextDataModule
 from constellation_kit.data.tokenizer import ByteLevelBPE
@@ -26,6 +28,9 @@ __all__ = [
     "PasskeyRetrieval",
     "PythonStdlibSource",
     "ResumableSampler",
+    "ShardItem",
+    "ShardSource",
+    "StreamingDataModule",
     "SyntheticDataModule",
     "SyntheticTask",
     "TextDataModule",
@@ -35,4 +40,5 @@ __all__ = [
     "micro_batch_size",
     "pack_documents",
     "read_manifest",
+    "write_shards",
 ]

@@ -11,6 +11,7 @@ installs everywhere the kit does with pip alone. It reads WAV, FLAC, OGG/Vorbis 
 """
 
 import functools
+import io
 import math
 import warnings
 from collections.abc import Callable
@@ -65,16 +66,36 @@ def _check_readable(path: Path, max_bytes: int | None) -> None:
         raise MediaError("unreadable", path, error.strerror or type(error).__name__) from error
 
 
-def decode_image(path: str | Path, max_bytes: int | None = DEFAULT_MAX_MEDIA_BYTES) -> Image.Image:
-    """Decode an image file fully into an RGB PIL image (raises :class:`MediaError`).
+def _open(source: "str | Path | bytes", max_bytes: int | None, label: str) -> tuple["str | Path | io.BytesIO", str]:
+    """What a decoder opens, and the name its errors give: a checked path, or the bytes themselves.
+
+    Bytes come from shards (:mod:`~constellation_kit.data.shards`), where a media file is stored
+    inside the item; they get the same size cap, and an empty string is a missing file.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        data = bytes(source)
+        if not data:
+            raise MediaError("missing", label, "no bytes stored")
+        if max_bytes is not None and len(data) > max_bytes:
+            raise MediaError("too_large", label, f"{len(data)} bytes > max_media_bytes={max_bytes}")
+        return io.BytesIO(data), label
+    path = Path(source)
+    _check_readable(path, max_bytes)
+    return path, str(path)
+
+
+def decode_image(
+    path: "str | Path | bytes", max_bytes: int | None = DEFAULT_MAX_MEDIA_BYTES, label: str = "<bytes>"
+) -> Image.Image:
+    """Decode an image file (a path, or its bytes named ``label`` in errors) fully into an RGB PIL
+    image (raises :class:`MediaError`).
 
     Files over ``max_bytes`` (``None``: no cap) are refused unread. Images of more pixels than
     ``PIL.Image.MAX_IMAGE_PIXELS`` are refused from their header: PIL only warns between one and
     two times that limit, and a few hundred bytes of PNG can declare gigapixels, so the warning is
     made an error here whatever the process's warning filters say.
     """
-    path = Path(path)
-    _check_readable(path, max_bytes)
+    path, label = _open(path, max_bytes, label)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -82,30 +103,33 @@ def decode_image(path: str | Path, max_bytes: int | None = DEFAULT_MAX_MEDIA_BYT
                 image.load()  # decode every byte now: a truncated JPEG fails here, not mid-training
                 return image.convert("RGB")
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise MediaError("decompression_bomb", path, str(error)) from error
+        raise MediaError("decompression_bomb", label, str(error)) from error
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise MediaError("corrupt", path, str(error)) from error
+        raise MediaError("corrupt", label, str(error)) from error
 
 
 def decode_audio(
-    path: str | Path, sample_rate: int = SAMPLE_RATE, max_bytes: int | None = DEFAULT_MAX_MEDIA_BYTES
+    path: "str | Path | bytes",
+    sample_rate: int = SAMPLE_RATE,
+    max_bytes: int | None = DEFAULT_MAX_MEDIA_BYTES,
+    label: str = "<bytes>",
 ) -> torch.Tensor:
-    """Decode an audio file to a mono float32 waveform (samples,) at ``sample_rate`` (raises :class:`MediaError`).
+    """Decode an audio file (a path, or its bytes named ``label`` in errors) to a mono float32
+    waveform (samples,) at ``sample_rate`` (raises :class:`MediaError`).
 
     Files over ``max_bytes`` (``None``: no cap) are refused unread; a clip with a NaN or infinite
     sample (float WAV/FLAC can hold them) is refused too: one NaN reaching the log-mel front end
     makes the loss NaN.
     """
-    path = Path(path)
-    _check_readable(path, max_bytes)
+    path, label = _open(path, max_bytes, label)
     try:
         data, rate = soundfile.read(path, dtype="float32", always_2d=True)  # (samples, channels)
     except (soundfile.LibsndfileError, RuntimeError, OSError, ValueError) as error:
-        raise MediaError("corrupt", path, str(error)) from error
+        raise MediaError("corrupt", label, str(error)) from error
     if data.shape[0] == 0:
-        raise MediaError("corrupt", path, "no samples")
+        raise MediaError("corrupt", label, "no samples")
     if not np.isfinite(data).all():
-        raise MediaError("non_finite", path, f"{int((~np.isfinite(data)).sum())} NaN or infinite samples")
+        raise MediaError("non_finite", label, f"{int((~np.isfinite(data)).sum())} NaN or infinite samples")
     waveform = torch.from_numpy(np.ascontiguousarray(data.mean(axis=1)))  # mono: average the channels
     if rate != sample_rate:
         waveform = _resampler(rate, sample_rate)(waveform)

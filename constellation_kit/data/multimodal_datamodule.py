@@ -1,7 +1,6 @@
 """The multimodal DataModule: text, image-text and audio-text examples mixed in one run."""
 
 import hashlib
-import json
 import logging
 import random
 from collections import Counter
@@ -10,18 +9,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import PIL
-import soundfile
 import torch
 from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
 
 from constellation_kit.data import generated_media
-from constellation_kit.data.cache import exclusive, write_atomically
 from constellation_kit.data.manifest import ManifestItem, read_manifest
 from constellation_kit.data.media import (
     DEFAULT_MAX_MEDIA_BYTES,
-    MediaError,
     clip_samples,
     decode_audio,
     decode_image,
@@ -29,6 +24,7 @@ from constellation_kit.data.media import (
     image_transform,
 )
 from constellation_kit.data.media_rows import MediaRows, item_tokens, pack_media_items
+from constellation_kit.data.media_scan import SCAN_VERSION, cached_scan, scan_media  # noqa: F401 (SCAN_VERSION re-exported)
 from constellation_kit.data.multimodal_dataset import (
     Choice,
     GroundingDataset,
@@ -40,7 +36,6 @@ from constellation_kit.data.multimodal_dataset import (
 from constellation_kit.data.packing import PackedDataset, pack_documents
 from constellation_kit.data.sampler import ResumableSampler
 from constellation_kit.data.sources import DocumentSource, PythonStdlibSource
-from constellation_kit.data.splits import is_validation
 from constellation_kit.data.text_datamodule import TextDataModule
 from constellation_kit.data.tokenizer import END_OF_TEXT, ByteLevelBPE
 from constellation_kit.errors import ConfigError
@@ -50,7 +45,6 @@ log = logging.getLogger(__name__)
 IMAGE_TOKEN = "<|image|>"
 AUDIO_TOKEN = "<|audio|>"
 PLACEHOLDERS = {"image": IMAGE_TOKEN, "audio": AUDIO_TOKEN}
-SCAN_VERSION = 1  # bump when what the scan checks changes: it keys the cached scan results
 
 
 class MultimodalDataModule(TextDataModule):
@@ -178,7 +172,7 @@ class MultimodalDataModule(TextDataModule):
         return self._items
 
     def _is_val(self, item: ManifestItem) -> bool:
-        return is_validation(item.id, self.seed, self.val_fraction)
+        return self.split_of(item.id) == "val"
 
     def _train_texts(self):
         texts = super()._train_texts() if self.source is not None else iter(())
@@ -236,55 +230,13 @@ class MultimodalDataModule(TextDataModule):
         return {"image": torch.zeros(3, self.image_size, self.image_size), "audio": torch.zeros(self.audio_samples)}
 
     def _scan(self, items: list[ManifestItem]) -> dict[str, Any]:
-        """Decode every item once: ``{"usable": [index, ...], "skipped": {reason: n}, "first": [message, ...]}``."""
-        decoders = {
-            "image": partial(decode_image, max_bytes=self.max_media_bytes),
-            "audio": partial(decode_audio, max_bytes=self.max_media_bytes),
-        }
-        usable: list[int] = []
-        skipped: Counter = Counter()
-        first: list[str] = []
-        for index, item in enumerate(items):
-            try:
-                decoders[item.modality](item.path)
-            except MediaError as error:
-                skipped[error.reason] += 1
-                if len(first) < 5:
-                    first.append(str(error))
-                continue
-            usable.append(index)
-        return {"usable": usable, "skipped": dict(skipped), "first": first}
-
-    def _scan_cache_path(self, items: list[ManifestItem]) -> Path:
-        """Where the scan of ``items`` is cached: keyed by every file's path, size and mtime, the size
-        cap and the decoders' versions, so replacing or fixing one file means a fresh scan."""
-        digest = hashlib.sha256(
-            f"v{SCAN_VERSION}|{self.max_media_bytes}|{PIL.__version__}|{soundfile.__version__}".encode()
-        )
-        for item in items:
-            try:
-                stat = Path(item.path).stat()
-                digest.update(f"\n{item.path}|{stat.st_size}|{stat.st_mtime_ns}".encode())
-            except OSError:
-                digest.update(f"\n{item.path}|-".encode())
-        return self.cache_dir / "media-scans" / f"{digest.hexdigest()[:16]}.json"
+        """Decode every item once (:func:`~constellation_kit.data.media_scan.scan_media`)."""
+        return scan_media(items, self.max_media_bytes)
 
     def scan_result(self) -> dict[str, Any]:
-        """The media scan of the manifest (see :meth:`_scan`), done once per cache by one process.
-
-        Cached because every rank (and every later run on the same files) needs the same answer:
-        one process decodes under the cache lock and writes the result atomically; the others
-        wait and read it.
-        """
+        """The media scan of the manifest, done once per cache by one process (:mod:`~constellation_kit.data.media_scan`)."""
         media = [item for item in self.items if item.modality != "text"]
-        path = self._scan_cache_path(media)
-        if not path.is_file():
-            with exclusive(path.with_suffix(".lock"), "the media scan"):
-                if not path.is_file():
-                    log.info("Scanning %d media files (cached at %s)", len(media), path)
-                    result = self._scan(media)
-                    write_atomically(path, lambda tmp: tmp.write_text(json.dumps(result)))
-        return json.loads(path.read_text())
+        return cached_scan(media, self.cache_dir, self.max_media_bytes, self._scan)
 
     def _usable(self, items: list[ManifestItem]) -> list[ManifestItem]:
         """The items whose files decode, agreed by every rank; the rest are counted in :attr:`skipped` and logged.
@@ -341,14 +293,14 @@ class MultimodalDataModule(TextDataModule):
         placeholder_ids, eos = self.placeholder_ids, self.eos_id
         splits = {"train": [], "val": []}
         for item in media:
-            splits["val" if self._is_val(item) else "train"].append(item)
+            splits[self.split_of(item.id)].append(item)
         texts = {"train": [], "val": []}
         if self.source is not None:
             for doc in self.source.documents():
-                texts["val" if is_validation(doc.id, self.seed, self.val_fraction) else "train"].append(doc.text)
+                texts[self.split_of(doc.id)].append(doc.text)
         for item in self.items:
             if item.modality == "text":
-                texts["val" if self._is_val(item) else "train"].append(item.text)
+                texts[self.split_of(item.id)].append(item.text)
         non_utf8 = len(self.source.non_utf8_ids) if self.source is not None else 0
         self._log_data_counts({**self._skip_metrics(), **self._non_utf8_metrics(non_utf8)})
         datasets = {}

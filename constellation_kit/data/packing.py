@@ -63,8 +63,14 @@ class PackedDataset(Dataset):
         return len(self.packed)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        window = torch.from_numpy(self.packed.tokens[index].astype(np.int64))
-        documents = torch.from_numpy(self.packed.document_ids[index].astype(np.int64))
-        targets = window[1:].clone()
-        targets[documents[1:] != documents[:-1]] = IGNORE_INDEX
-        return {"tokens": window[:-1], "targets": targets, "document_ids": documents[:-1]}
+        return window_example(self.packed.tokens[index], self.packed.document_ids[index])
+
+
+def window_example(tokens: np.ndarray, document_ids: np.ndarray) -> dict[str, torch.Tensor]:
+    """One window of ``seq_len + 1`` tokens and their document ids as a training example of (T,)
+    int64 tensors (see :class:`PackedDataset`)."""
+    window = torch.from_numpy(tokens.astype(np.int64))
+    documents = torch.from_numpy(document_ids.astype(np.int64))
+    targets = window[1:].clone()
+    targets[documents[1:] != documents[:-1]] = IGNORE_INDEX
+    return {"tokens": window[:-1], "targets": targets, "document_ids": documents[:-1]}

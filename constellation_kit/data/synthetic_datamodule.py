@@ -1,13 +1,12 @@
 """A DataModule over a synthetic task: generated once in memory, no tokenizer, no cache."""
 
-import lightning as L
 import numpy as np
 import torch
 from jsonargparse import lazy_instance
 from torch.utils.data import Dataset
 
 from constellation_kit.data.long_range_tasks import MultiQueryAssociativeRecall, SyntheticTask
-from constellation_kit.data.text_datamodule import TextDataModule
+from constellation_kit.data.datamodule import SampledDataModule
 from constellation_kit.errors import ConfigError
 
 
@@ -25,10 +24,11 @@ class SyntheticDataset(Dataset):
         return {"tokens": tokens, "targets": self.targets[index], "document_ids": torch.zeros_like(tokens)}
 
 
-class SyntheticDataModule(TextDataModule):
+class SyntheticDataModule(SampledDataModule):
     """Batches from a :class:`SyntheticTask` (MQAR, passkey), for training and for length generalisation.
 
-    Same batch dict, micro-batching and resumable sampling as :class:`TextDataModule`; the data is
+    Same batch dict as :class:`TextDataModule`, the same micro-batching and resumable sampling
+    (:class:`~constellation_kit.data.datamodule.SampledDataModule`); the data is
     generated from ``seed`` (training) and ``seed + 1`` (validation), so the splits never share a
     draw. ``val_seq_len`` evaluates at another length than training, e.g. twice it:
     ``constellation-kit validate ... --data.init_args.val_seq_len=512 --ckpt_path ...``.
@@ -55,24 +55,15 @@ class SyntheticDataModule(TextDataModule):
         seed: int = 0,
         num_workers: int = 0,
     ) -> None:
-        L.LightningDataModule.__init__(self)
+        # No val_fraction: the splits are separate draws (seed and seed + 1).
+        super().__init__(global_batch_size, None, seed, num_workers)
         if num_train_examples < 1 or num_val_examples < 1:
             raise ConfigError(f"num_train_examples={num_train_examples} and num_val_examples={num_val_examples} must be positive")
         self.task = task
         self.seq_len = seq_len
         self.val_seq_len = val_seq_len or seq_len
-        self.global_batch_size = global_batch_size
         self.num_train_examples = num_train_examples
         self.num_val_examples = num_val_examples
-        self.seed = seed
-        self.num_workers = num_workers
-        self.train_dataset: SyntheticDataset | None = None
-        self.val_dataset: SyntheticDataset | None = None
-        self._train_sampler = None
-        self._epoch = 0
-        self._samples_in_epoch = 0
-        self._resume_from = None
-        self.allow_data_mismatch = False
 
     def data_fingerprint(self) -> dict[str, object]:
         """As :meth:`TextDataModule.data_fingerprint`: the task and its settings stand in for the source."""

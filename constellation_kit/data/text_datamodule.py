@@ -5,26 +5,21 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import lightning as L
 import numpy as np
 from jsonargparse import lazy_instance
 from tokenizers import Tokenizer
-from torch.utils.data import DataLoader
 
-from constellation_kit.data.batching import micro_batch_size
 from constellation_kit.data.cache import default_cache_dir, exclusive, write_atomically
+from constellation_kit.data.datamodule import SampledDataModule, check_data_fingerprint  # noqa: F401 (re-exported)
 from constellation_kit.data.packing import PackedDataset, pack_documents
-from constellation_kit.data.sampler import ResumableSampler
-from constellation_kit.data.seeded_loader import SeededLoader
 from constellation_kit.data.sources import DocumentSource, PythonStdlibSource
-from constellation_kit.data.splits import is_validation
 from constellation_kit.data.tokenizer import END_OF_TEXT, ByteLevelBPE
 from constellation_kit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
 
-class TextDataModule(L.LightningDataModule):
+class TextDataModule(SampledDataModule):
     """Packed next-token-prediction batches from a document source.
 
     Each batch is a dict of (B, T) int64 tensors, B the micro-batch per device, T ``seq_len``:
@@ -59,35 +54,22 @@ class TextDataModule(L.LightningDataModule):
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
-        super().__init__()
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"val_fraction={val_fraction} must be strictly between 0 and 1")
+        super().__init__(global_batch_size, val_fraction, seed, num_workers)
         if seq_len < 2:
             raise ConfigError(f"seq_len={seq_len} must be at least 2")
         self.source = source
         self.tokenizer_spec = tokenizer
         self.seq_len = seq_len
-        self.global_batch_size = global_batch_size
-        self.val_fraction = val_fraction
-        self.seed = seed
-        self.num_workers = num_workers
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self._tokenizer: Tokenizer | None = None
         self._fingerprint: str | None = None
         self.train_dataset: PackedDataset | None = None
         self.val_dataset: PackedDataset | None = None
-        self._train_sampler: ResumableSampler | None = None
-        # Resume bookkeeping: global samples of the current epoch that reached training_step.
-        self._epoch = 0
-        self._samples_in_epoch = 0
-        self._resume_from: dict[str, int] | None = None
-        self.allow_data_mismatch = False
-        """Resume even when the checkpoint's data fingerprint differs (the CLI's ``--resume_data_mismatch ok``)."""
 
     # -- tokenizer ---------------------------------------------------------------------------
 
     def _train_texts(self):
-        return (d.text for d in self.source.documents() if not is_validation(d.id, self.seed, self.val_fraction))
+        return (d.text for d in self.source.documents() if self.split_of(d.id) == "train")
 
     @property
     def source_fingerprint(self) -> str:
@@ -143,8 +125,7 @@ class TextDataModule(L.LightningDataModule):
         encoded = self.tokenizer.encode_batch([d.text for d in docs], add_special_tokens=False)
         dtype = np.uint16 if self.vocab_size <= np.iinfo(np.uint16).max else np.int32
         for doc, enc in zip(docs, encoded):
-            split = "val" if is_validation(doc.id, self.seed, self.val_fraction) else "train"
-            splits[split].append(np.asarray(enc.ids, dtype=dtype))
+            splits[self.split_of(doc.id)].append(np.asarray(enc.ids, dtype=dtype))
         arrays = {}
         for split, token_lists in splits.items():
             if not token_lists:
@@ -172,17 +153,6 @@ class TextDataModule(L.LightningDataModule):
         except ValueError as error:
             raise ConfigError(f"the {split} split is too small: {error}. Use more documents or a shorter seq_len") from error
 
-    def _log_data_counts(self, metrics: dict[str, float]) -> None:
-        """Send counts about the data (skipped items, replaced bytes) to the run's loggers at step 0.
-
-        Without a trainer or logger (a DataModule used on its own) there is nowhere to send them.
-        """
-        trainer = getattr(self, "trainer", None)
-        if trainer is None:
-            return
-        for logger in trainer.loggers:  # rank-zero only inside Lightning's loggers
-            logger.log_metrics(metrics, step=0)
-
     def _non_utf8_metrics(self, count: int) -> dict[str, float]:
         """Warn about ``count`` documents whose bad bytes were replaced; their metric for the loggers."""
         if count:
@@ -207,69 +177,7 @@ class TextDataModule(L.LightningDataModule):
             # The built-in corpus has no separate test split; held-out documents serve both.
             self.val_dataset = self.val_dataset or self._load_split("val")
 
-    # -- loaders -----------------------------------------------------------------------------
-
-    @property
-    def micro_batch_size(self) -> int:
-        trainer = self.trainer
-        accumulation = trainer.accumulate_grad_batches if trainer else 1
-        world_size = trainer.world_size if trainer else 1
-        return micro_batch_size(self.global_batch_size, accumulation, world_size)
-
-    def _rank_and_world(self) -> tuple[int, int]:
-        return (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
-
-    def train_dataloader(self) -> DataLoader:
-        rank, world_size = self._rank_and_world()
-        self._train_sampler = ResumableSampler(len(self.train_dataset), seed=self.seed, rank=rank, world_size=world_size)
-        if self._resume_from is not None:
-            # The epoch now, not when Lightning next sets it: the first iterator (and the copies of
-            # the sampler that worker processes take) is created before Lightning's set_epoch call.
-            self._train_sampler.set_epoch(self._resume_from["epoch"])
-            self._train_sampler.skip(self._resume_from["epoch"], self._resume_from["samples"])
-            self._resume_from = None
-        return self._loader(self.train_dataset, self._train_sampler, drop_last=True, seeded=True)
-
-    def val_dataloader(self) -> DataLoader:
-        rank, world_size = self._rank_and_world()
-        sampler = ResumableSampler(len(self.val_dataset), shuffle=False, rank=rank, world_size=world_size)
-        return self._loader(self.val_dataset, sampler, drop_last=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        return self.val_dataloader()
-
-    def _collate_fn(self):
-        """How items become a batch; ``None`` is PyTorch's default stacking. Subclasses with media override it."""
-        return None
-
-    def _loader(self, dataset, sampler: ResumableSampler, drop_last: bool, seeded: bool = False) -> DataLoader:
-        # seeded (training): worker seeds from (seed, rank, epoch), so a resume gets the straight run's.
-        kwargs = {"seed": self.seed, "rank": self._rank_and_world()[0]} if seeded else {}
-        return (SeededLoader if seeded else DataLoader)(
-            dataset,
-            batch_size=self.micro_batch_size,
-            sampler=sampler,
-            drop_last=drop_last,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            collate_fn=self._collate_fn(),
-            **kwargs,
-        )
-
     # -- resume ------------------------------------------------------------------------------
-
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
-        # Called once per batch that training actually consumes (after the loader's prefetch),
-        # which is what a resume must skip: counting in the sampler would count prefetched ones.
-        trainer = self.trainer
-        if trainer is not None and trainer.training:
-            if trainer.current_epoch != self._epoch:
-                self._epoch, self._samples_in_epoch = trainer.current_epoch, 0
-            self._samples_in_epoch += self.micro_batch_size * trainer.world_size
-        return batch
 
     def data_fingerprint(self) -> dict[str, Any]:
         """What the data position in a checkpoint means: resuming with any of it changed would
@@ -282,35 +190,3 @@ class TextDataModule(L.LightningDataModule):
             "val_fraction": self.val_fraction,
             "source": self.source_fingerprint,
         }
-
-    def state_dict(self) -> dict[str, Any]:
-        # A global sample count, so a run can resume at another world size with the same global batch.
-        return {"epoch": self._epoch, "samples": self._samples_in_epoch, "fingerprint": self.data_fingerprint()}
-
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        check_data_fingerprint(state_dict.get("fingerprint"), self.data_fingerprint(), self.allow_data_mismatch)
-        self._epoch, self._samples_in_epoch = state_dict["epoch"], state_dict["samples"]
-        self._resume_from = {"epoch": state_dict["epoch"], "samples": state_dict["samples"]}
-
-
-def check_data_fingerprint(saved: dict[str, Any] | None, current: dict[str, Any], allow: bool) -> None:
-    """Raise a :class:`ConfigError` naming every data setting that differs from the checkpoint's.
-
-    ``allow`` (``--resume_data_mismatch ok``) turns the error into a warning. A checkpoint written
-    before fingerprints were saved (``saved`` is ``None``) is not checked.
-    """
-    if saved is None:
-        return
-    changed = [f"{key} {saved.get(key)!r} -> {current.get(key)!r}" for key in sorted(set(saved) | set(current))
-               if saved.get(key) != current.get(key)]
-    if not changed:
-        return
-    what = ", ".join(changed)
-    if allow:
-        log.warning("resuming on changed data (%s), as --resume_data_mismatch ok allows: the data position is "
-                    "kept as a count of samples, which now index another stream", what)
-        return
-    raise ConfigError(
-        f"the checkpoint was trained on other data: {what}. Resume with the checkpoint's data settings, "
-        "start a new run, or pass --resume_data_mismatch ok to continue on the new data"
-    )
