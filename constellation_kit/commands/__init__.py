@@ -5,3 +5,4 @@ from constellation_kit.commands import export  # noqa: F401
 from constellation_kit.commands import compare  # noqa: F401
 from constellation_kit.commands import curate, tokenizer  # noqa: F401
 from constellation_kit.commands import generate  # noqa: F401
+from constellation_kit.commands import eval  # noqa: F401
