@@ -44,6 +44,10 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("cache")
     os.environ["CONSTELLATION_KIT_CACHE"] = str(cache)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
+    # Every model and data set the tests use is made locally: a Hub lookup would only be a wrong path
+    # waiting for a network time-out.
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
     return cache
 
 
