@@ -7,6 +7,11 @@ from pathlib import Path
 import mlflow
 import pytest
 
+# Every model and data set the tests use is made locally: a Hub lookup would only be a wrong path waiting
+# for a network time-out. Set before any test module imports transformers or datasets (they read it once).
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["HF_DATASETS_OFFLINE"] = "1"
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = str(REPO / "recipes" / "tiny.yaml")
 XL = str(REPO / "recipes" / "xl.yaml")
@@ -44,10 +49,6 @@ def session_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     cache = tmp_path_factory.mktemp("cache")
     os.environ["CONSTELLATION_KIT_CACHE"] = str(cache)
     os.environ.pop("MLFLOW_TRACKING_URI", None)
-    # Every model and data set the tests use is made locally: a Hub lookup would only be a wrong path
-    # waiting for a network time-out.
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    os.environ["HF_DATASETS_OFFLINE"] = "1"
     return cache
 
 
