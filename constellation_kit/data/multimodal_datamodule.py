@@ -72,6 +72,8 @@ class MultimodalDataModule(TextDataModule):
     each held-out media item (up to ``grounding_items`` per modality), its caption and
     ``caption_choices - 1`` other held-out captions; chance is ``1 / caption_choices``.
 
+    Arguments not listed below are as in :class:`TextDataModule`.
+
     Args:
         source: text documents (``None``: only the manifest's text lines).
         manifest: a JSONL manifest of the user's examples (paths relative to it); ``None`` uses the
@@ -97,7 +99,6 @@ class MultimodalDataModule(TextDataModule):
         max_media_bytes: media files larger than this many bytes are skipped (``too_large``)
             without being read; ``None`` lifts the cap. The default, 64 MiB, is far above any
             image or clip a model of this kind trains on.
-        (the rest as in :class:`TextDataModule`)
     """
 
     def __init__(

@@ -53,6 +53,10 @@ class StreamingDataModule(DataModule):
     A media file that does not decode is replaced by a blank whose caption is not trained on, and
     counted by reason in the batch's ``media_skipped`` (:data:`~constellation_kit.data.media.SKIP_REASONS`).
 
+    ``image_backbone``, ``image_backbone_kwargs``, ``image_size``, ``image_augmentation``,
+    ``image_tokens``, ``audio_tokens``, ``audio_seconds`` and ``max_media_bytes`` are as in
+    :class:`~constellation_kit.data.MultimodalDataModule`.
+
     Args:
         sources: the curated directories and their weights, e.g. ``[{path: data/web, weight: 0.6},
             {path: s3://bucket/code, weight: 0.4}]``.
@@ -61,9 +65,6 @@ class StreamingDataModule(DataModule):
             reads it). Every source must have been tokenised with the same tokenizer.
         storage_options: passed to boto3 for ``s3://`` sources (``endpoint_url`` for an
             S3-compatible store; credentials come from the usual AWS variables).
-        image_backbone, image_backbone_kwargs, image_size, image_augmentation, image_tokens,
-            audio_tokens, audio_seconds, max_media_bytes: as in
-            :class:`~constellation_kit.data.MultimodalDataModule`.
         seq_len: tokens per row.
         global_batch_size: sequences per optimizer step over accumulation and devices.
         val_fraction: share of each source's chunks held out for validation (at least one chunk).

@@ -53,8 +53,9 @@ class MultimodalLanguageModel(LanguageModel):
     setup scan plus the training batches' blanks (``media_skipped``), summed over loader workers
     and ranks.
 
+    ``network``, ``vocab_size``, ``optimizer``, ``scheduler`` and ``balance`` are as in :class:`LanguageModel`.
+
     Args:
-        network, vocab_size, optimizer, scheduler, balance: as in :class:`LanguageModel`.
         vision_encoder: factory for the image encoder (``None``: images are not seen).
         audio_encoder: factory for the audio encoder (``None``: audio is not heard).
         vision_projector: factory called with ``(vision_encoder.out_dim, d_model)``.
