@@ -16,7 +16,7 @@ positions, so each row generates what it would alone. A row ends at ``<|endoftex
 separator every training document ends with), at a stop string, or after ``max_new_tokens``.
 """
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from lightning.pytorch import LightningModule
@@ -231,7 +231,7 @@ def generate_text(
     return results
 
 
-def cut_at_stop(text: str, stops: list[str]) -> str:
-    """``text`` up to (not including) the earliest occurrence of any of ``stops``."""
-    cuts = [at for at in (text.find(s) for s in stops) if at >= 0]
+def cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to (not including) the earliest occurrence of any of ``stops`` (empty stops never match)."""
+    cuts = [at for at in (text.find(s) for s in stops if s) if at >= 0]
     return text[: min(cuts)] if cuts else text

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from constellation_kit.data import ManifestItem, MediaError
 from constellation_kit.errors import ConfigError
+from constellation_kit.eval.generation import cut_at_stop
 from constellation_kit.eval.task import GenerationItem, MediaRef, MultipleChoiceItem
 
 END_OF_TEXT = "<|endoftext|>"
@@ -239,16 +240,6 @@ def multiple_choice_scores(item: MultipleChoiceItem, loglikelihoods: Sequence[fl
     lls = torch.tensor(list(loglikelihoods), dtype=torch.float64)
     lengths = torch.tensor([float(len(c)) for c in item.choices], dtype=torch.float64)
     return {"acc": float(int(lls.argmax()) == item.answer), "acc_norm": float(int((lls / lengths).argmax()) == item.answer)}
-
-
-def cut_at_stop(text: str, stop: Sequence[str]) -> str:
-    """``text`` up to the first occurrence of any stop string."""
-    cut = len(text)
-    for s in stop:
-        found = text.find(s) if s else -1
-        if found != -1:
-            cut = min(cut, found)
-    return text[:cut]
 
 
 def exact_match(item: GenerationItem, generated: str) -> float:
