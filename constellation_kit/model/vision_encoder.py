@@ -55,6 +55,12 @@ class TimmVisionEncoder(nn.Module):
         if weights_path is not None and _device_of(self).type != "meta":
             self._load_weights()
 
+    @property
+    def blocks(self) -> nn.Module | None:
+        """The backbone's repeated layers (a ViT's transformer blocks), for a parallelize step to wrap one by
+        one; ``None`` for a backbone without ``blocks`` (a ResNet), which is then handled whole."""
+        return getattr(self.backbone, "blocks", None)
+
     def reset_parameters(self) -> None:
         """Re-initialise the backbone (timm's own ``init_weights`` when it has one), then load ``weights_path``."""
         init = getattr(self.backbone, "init_weights", None)

@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterable
 import lightning as L
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
@@ -18,7 +19,6 @@ from constellation_kit.model.router import RouterOutput
 from constellation_kit.model.transformer import Transformer, TransformerOutput
 from constellation_kit.train import moe_terms
 from constellation_kit.train.param_groups import weight_decay_groups
-from constellation_kit.train.strategy import FSDP2Strategy
 
 NetworkFactory = Callable[[int], Transformer]
 """Builds the network from the vocabulary size (which the data decides)."""
@@ -35,8 +35,10 @@ class LanguageModel(L.LightningModule):
     cross-entropy of the targets (positions marked -100 excluded). Logs ``train/loss``,
     ``train/lr``, ``val/loss`` and ``val/accuracy`` (top-1 over non-ignored targets).
 
-    The network is injected as a factory and built in :meth:`configure_model`, so a strategy can
-    build it on the meta device and shard it before any weight exists in full.
+    The network is injected as a factory and built in :meth:`configure_model`, on whatever device
+    the strategy's context makes the default: a sharding strategy
+    (:class:`~constellation_kit.train.FSDP2Strategy`) builds it on the meta device, then shards the
+    modules :meth:`parallel_parts` names before any weight exists in full.
 
     Args:
         network: factory for the network, called with the vocabulary size.
@@ -103,18 +105,29 @@ class LanguageModel(L.LightningModule):
             check_fits(network, self.init_from)
 
     def configure_model(self) -> None:
+        """Build the network (on the default device: the meta device under a sharding strategy).
+
+        A network built in memory starts from ``init_from`` right away; a meta-device one once the
+        strategy has sharded and materialised it (it calls :meth:`load_initial_weights`).
+        """
         if self.network is not None:
             return
-        strategy = self._trainer.strategy if self._trainer is not None else None
-        if isinstance(strategy, FSDP2Strategy):
-            # Never whole on one device: built on meta, sharded, then only this rank's shards allocated.
-            with torch.device("meta"):
-                network = self.network_factory(self.vocab_size)
-            self.network = strategy.parallelize(network)
-        else:
-            self.network = self.network_factory(self.vocab_size)
+        self.network = self.network_factory(self.vocab_size)
+        if not any(p.is_meta for p in self.network.parameters()):
+            self.load_initial_weights()
+
+    def parallel_parts(self) -> list[nn.Module]:
+        """The modules a sharding strategy parallelizes, each its own FSDP root: here the network.
+
+        Each part's ``blocks`` are checkpointed, compiled and sharded one by one
+        (:func:`constellation_kit.train.parallelize.parallelize`); a subclass adds its own parts.
+        """
+        return [self.network]
+
+    def load_initial_weights(self) -> None:
+        """Load ``init_from`` into the (built, possibly sharded) network; nothing when it is unset."""
+        # Only under a trainer: load_trained_model builds the module bare and loads its own weights.
         if self.init_from is not None and self._trainer is not None:
-            # Only under a trainer: load_trained_model builds the module bare and loads its own weights.
             from constellation_kit.interop.init_from import load_pretrained  # lazy: safetensors is needed only here
 
             load_pretrained(self.network, self.init_from)

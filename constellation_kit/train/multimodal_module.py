@@ -26,7 +26,6 @@ from constellation_kit.data.packing import IGNORE_INDEX
 from constellation_kit.model.balance import BalanceLoss
 from constellation_kit.model.placeholders import write_at_placeholders
 from constellation_kit.model.projector import MLPProjector
-from constellation_kit.train.strategy import FSDP2Strategy
 from constellation_kit.train.module import LanguageModel, NetworkFactory, SchedulerFactory
 
 EncoderFactory = Callable[[], nn.Module]
@@ -125,15 +124,18 @@ class MultimodalLanguageModel(LanguageModel):
         self.check_init_from(network)
 
     def configure_model(self) -> None:
+        """The network, then the encoders and projectors, on the default device (meta under a sharding strategy)."""
         super().configure_model()
         if self.encoders is None:
             self.encoders, self.projectors = self.build_media(self.network.d_model)
-            strategy = self._trainer.strategy if self._trainer is not None else None
-            if isinstance(strategy, FSDP2Strategy):
-                # The encoders are small and built whole (identically on every rank, from the same
-                # seed); sharding them puts their gradients under FSDP's reduction like the network's.
-                for module in (*self.encoders.values(), *self.projectors.values()):
-                    strategy.shard(module)
+
+    def parallel_parts(self) -> list[nn.Module]:
+        """The network, each encoder and each projector: sharded under one policy, encoders block by block.
+
+        Encoders and projectors are their own FSDP roots, called directly (outside the network's
+        forward), which FSDP2's forward hooks need.
+        """
+        return [*super().parallel_parts(), *self.encoders.values(), *self.projectors.values()]
 
     def train(self, mode: bool = True) -> "MultimodalLanguageModel":
         super().train(mode)

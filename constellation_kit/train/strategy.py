@@ -1,6 +1,7 @@
 """The FSDP2 training strategy: Lightning's ModelParallelStrategy plus the kit's parallelize step."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Generator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -8,7 +9,6 @@ import torch
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch.strategies import ModelParallelStrategy
 from torch.distributed.checkpoint.state_dict import _init_optim_state
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
 from constellation_kit.checkpointing import (
     commit_checkpoint_swap,
@@ -17,17 +17,20 @@ from constellation_kit.checkpointing import (
     remove_checkpoint,
     staging_path,
 )
-from constellation_kit.model.transformer import Transformer
-from constellation_kit.train.parallelize import materialize, parallelize
+from constellation_kit.errors import ConfigError
+from constellation_kit.train.parallelize import parallelize_module
 
 
 class FSDP2Strategy(ModelParallelStrategy):
     """Sharded data parallelism with PyTorch FSDP2 (``fully_shard``), on CPUs (gloo) or GPUs (NCCL).
 
-    The LightningModule builds its network on the meta device and hands it to :meth:`parallelize`,
-    which applies activation checkpointing, compile and ``fully_shard`` per block in one fixed order
-    (:func:`constellation_kit.train.parallelize.parallelize`) and then allocates and initialises only
-    this rank's shards. Checkpoints are sharded (PyTorch distributed checkpoint, one directory)
+    The LightningModule's ``configure_model`` runs on the meta device (:meth:`model_sharded_context`)
+    and its ``parallel_parts()`` names the modules it built: the network, and a multimodal model's
+    encoders and projectors. :meth:`setup` hands them all to
+    :func:`~constellation_kit.train.parallelize.parallelize`, which applies activation checkpointing,
+    compile and ``fully_shard`` per block in one fixed order under one mixed-precision policy, then
+    allocates and initialises only this rank's shards and calls the module's
+    ``load_initial_weights()`` (its ``init_from``). The module never asks which strategy runs it. Checkpoints are sharded (PyTorch distributed checkpoint, one directory)
     and load at any world size; ``last.ckpt`` is a link swapped atomically to each new complete
     directory, so a kill at any moment leaves a complete one (:mod:`constellation_kit.checkpointing`).
 
@@ -70,18 +73,32 @@ class FSDP2Strategy(ModelParallelStrategy):
             self._data_parallel_size = self.num_nodes * self.num_processes
         super().setup_environment()
 
-    def parallelize(self, network: Transformer) -> Transformer:
-        """Shard a meta-device ``network`` over the data-parallel mesh and materialise this rank's shards."""
-        parallelize(
-            network,
+    @contextmanager
+    def model_sharded_context(self) -> Generator[None, None, None]:
+        """``configure_model`` builds on the meta device: no weight exists in full before it is sharded."""
+        with torch.device("meta"):
+            yield
+
+    def setup(self, trainer) -> None:
+        self.parallelize(self.lightning_module)
+        super().setup(trainer)
+
+    def parallelize(self, module: torch.nn.Module) -> None:
+        """Shard ``module.parallel_parts()`` over the data-parallel mesh and materialise this rank's shards
+        (:func:`~constellation_kit.train.parallelize.parallelize_module`)."""
+        parallel_parts = getattr(module, "parallel_parts", None)
+        if not callable(parallel_parts):
+            raise ConfigError(f"{type(self).__name__} shards the modules a LightningModule lists in parallel_parts(); "
+                              f"{type(module).__name__} has no such method: add one returning its networks")
+        parallelize_module(
+            module,
             self.device_mesh["data_parallel"],
+            self.root_device,
             activation_checkpointing=self.activation_checkpointing,
             compile=self.compile,
             param_dtype=torch.bfloat16 if self.mixed_precision else None,
             reduce_dtype=torch.float32 if self.mixed_precision else None,
         )
-        materialize(network, self.root_device)
-        return network
 
     def setup_optimizers(self, trainer) -> None:
         super().setup_optimizers(trainer)
@@ -91,15 +108,6 @@ class FSDP2Strategy(ModelParallelStrategy):
         # the checkpoint, and loading it into a fresh optimizer fails.
         for optimizer in self.optimizers:
             _init_optim_state(optimizer)
-
-    def shard(self, module: torch.nn.Module) -> torch.nn.Module:
-        """``fully_shard`` an already-built module (e.g. an encoder) with the same mesh and precision."""
-        policy = MixedPrecisionPolicy(
-            param_dtype=torch.bfloat16 if self.mixed_precision else None,
-            reduce_dtype=torch.float32 if self.mixed_precision else None,
-        )
-        fully_shard(module, mesh=self.device_mesh["data_parallel"], mp_policy=policy)
-        return module
 
     def save_checkpoint(self, checkpoint: dict[str, Any], filepath: _PATH, storage_options: Any | None = None) -> None:
         """Write a sharded checkpoint to ``filepath`` so that it is never missing nor half-written.
