@@ -27,12 +27,14 @@ class FSDP2Strategy(ModelParallelStrategy):
     The LightningModule's ``configure_model`` runs on the meta device (:meth:`model_sharded_context`)
     and its ``parallel_parts()`` names the modules it built: the network, and a multimodal model's
     encoders and projectors. :meth:`setup` hands them all to
-    :func:`~constellation_kit.train.parallelize.parallelize`, which applies activation checkpointing,
-    compile and ``fully_shard`` per block in one fixed order under one mixed-precision policy, then
-    allocates and initialises only this rank's shards and calls the module's
-    ``load_initial_weights()`` (its ``init_from``). The module never asks which strategy runs it. Checkpoints are sharded (PyTorch distributed checkpoint, one directory)
-    and load at any world size; ``last.ckpt`` is a link swapped atomically to each new complete
-    directory, so a kill at any moment leaves a complete one (:mod:`constellation_kit.checkpointing`).
+    :func:`~constellation_kit.train.parallelize.parallelize_module`, which applies activation
+    checkpointing, compile and ``fully_shard`` per block in one fixed order under one mixed-precision
+    policy, allocates and initialises only this rank's shards, then calls the module's
+    ``load_initial_weights()`` (its ``init_from``). The module never asks which strategy runs it.
+
+    Checkpoints are sharded (PyTorch distributed checkpoint, one directory) and load at any world
+    size; ``last.ckpt`` is a link swapped atomically to each new complete directory, so a kill at any
+    moment leaves a complete one (:mod:`constellation_kit.checkpointing`).
 
     Lightning's older ``FSDPStrategy`` (FSDP1) refuses a CPU accelerator; this one is tested on CPU.
 

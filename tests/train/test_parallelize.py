@@ -126,8 +126,16 @@ def _check_bf16_structure(mesh) -> None:
 
 def _check_fp32_step(mesh, rank: int, world_size: int) -> None:
     sharded = built_on_meta(freeze_vision=True)
+    # init_from is loaded once every part holds this rank's initialised shards, and only then.
+    loads = []
+    sharded.load_initial_weights = lambda: loads.append(not any(p.is_meta for p in sharded.parameters()))
     torch.manual_seed(1)
     parallelize_module(sharded, mesh, "cpu", activation_checkpointing=True, param_dtype=None, reduce_dtype=None)
+    before = {name: p.to_local().clone() for name, p in sharded.named_parameters()}
+    # A second fit (or a validate) of the same module: its parts are sharded already and stay as they are.
+    parallelize_module(sharded, mesh, "cpu", activation_checkpointing=True, param_dtype=None, reduce_dtype=None)
+    assert loads == [True]
+    assert all(torch.equal(p.to_local(), before[name]) for name, p in sharded.named_parameters())
     reference = built_on_meta(freeze_vision=True)
     torch.manual_seed(1)
     for part in reference.parallel_parts():
