@@ -58,20 +58,26 @@ def parallelize(
     """
     policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
     for part in [parts] if isinstance(parts, nn.Module) else list(parts):
-        blocks = blocks_of(part)
-        trainable = any(p.requires_grad for p in part.parameters())
-        for index, block in enumerate(blocks if blocks is not None else []):
-            if activation_checkpointing and trainable:
-                block = checkpoint_wrapper(block)
-            if compile:
-                block.compile()
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-            blocks[index] = block
-        # The part's own unit holds what is outside its blocks (the network's embedding, final norm
-        # and head; an encoder's stem). As a root it is not resharded after forward (FSDP2's
-        # default), so the loss can read the network's head right after forward.
-        fully_shard(part, mesh=mesh, mp_policy=policy)
+        _parallelize_part(part, mesh, policy, activation_checkpointing, compile)
     return parts
+
+
+def _parallelize_part(
+    part: nn.Module, mesh: DeviceMesh, policy: MixedPrecisionPolicy, activation_checkpointing: bool, compile: bool
+) -> None:
+    blocks = blocks_of(part)
+    trainable = any(p.requires_grad for p in part.parameters())
+    for index, block in enumerate(blocks if blocks is not None else []):
+        if activation_checkpointing and trainable:
+            block = checkpoint_wrapper(block)
+        if compile:
+            block.compile()
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+        blocks[index] = block
+    # The part's own unit holds what is outside its blocks (the network's embedding, final norm and
+    # head; an encoder's stem). As a root it is not resharded after forward (FSDP2's default), so the
+    # loss can read the network's head right after forward.
+    fully_shard(part, mesh=mesh, mp_policy=policy)
 
 
 def parallelize_module(
@@ -93,13 +99,20 @@ def parallelize_module(
     ``fit`` of the same module) are left as they are.
     """
     parts = [part for part in module.parallel_parts() if not isinstance(part, FSDPModule)]
-    if not parts:
-        return
-    parallelize(parts, mesh, activation_checkpointing=activation_checkpointing, compile=compile,
-                param_dtype=param_dtype, reduce_dtype=reduce_dtype)
-    built_on_meta = [part for part in parts if any(p.is_meta for p in part.parameters())]
-    for part in built_on_meta:
-        materialize(part, device)
+    policy = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=reduce_dtype)
+    built_on_meta = False
+    for part in parts:
+        on_meta = any(p.is_meta for p in part.parameters())
+        built_on_meta |= on_meta
+        if on_meta and _initialises_subtree(part):
+            # An encoder's initialiser (timm's, then a pretrained load_state_dict) covers its whole
+            # subtree: it runs on the unsharded part, at full size and identically on every rank,
+            # which fully_shard then slices. One encoder at a time, never the network.
+            materialize(part, device)
+            on_meta = False
+        _parallelize_part(part, mesh, policy, activation_checkpointing, compile)
+        if on_meta:
+            materialize(part, device)
     load_initial_weights = getattr(module, "load_initial_weights", None)
     if built_on_meta and callable(load_initial_weights):
         load_initial_weights()
@@ -116,25 +129,35 @@ def materialize(part: nn.Module, device: torch.device | str) -> None:
     only its shard: so the initial weights are the same at any world size, and the same as an
     unsharded module materialised the same way. (Calling ``reset_parameters()`` on the shards
     directly would, on CPU, give every rank the same random shard: DTensor's distributed RNG only
-    covers CUDA-like devices.) Memory cost: one full parameter at a time, or one whole encoder.
+    covers CUDA-like devices.) Memory cost: one full parameter at a time, or one whole subtree.
+    A subtree initialiser that loads a state dict must run before sharding (FSDP2's post-load hook
+    expects its sharded parameters in place), as :func:`parallelize_module` does.
     """
     part.to_empty(device=device)
     _initialise(part)
 
 
 def _initialise(module: nn.Module) -> None:
-    # The class's method, not getattr: a checkpoint wrapper forwards attribute lookups to the module
-    # it wraps, and would pass for a subtree initialiser that covers only the wrapped module's own state.
-    initialises = callable(getattr(type(module), "reset_parameters", None))
-    if initialises and _has_state(module, recurse=False):
-        with _full_size([module]):
-            module.reset_parameters()
-    elif initialises and _has_state(module, recurse=True):
+    if _initialises_subtree(module):
         with _full_size(module.modules()):
             module.reset_parameters()
         return
+    if _has_reset(module) and _has_state(module, recurse=False):
+        with _full_size([module]):
+            module.reset_parameters()
     for child in module.children():
         _initialise(child)
+
+
+def _has_reset(module: nn.Module) -> bool:
+    # The class's method, not getattr: a checkpoint wrapper forwards attribute lookups to the module
+    # it wraps, and would pass for a subtree initialiser that covers only the wrapped module's own state.
+    return callable(getattr(type(module), "reset_parameters", None))
+
+
+def _initialises_subtree(module: nn.Module) -> bool:
+    """Whether ``module``'s ``reset_parameters`` initialises everything below it: it has one, and no state of its own."""
+    return _has_reset(module) and not _has_state(module, recurse=False) and _has_state(module, recurse=True)
 
 
 def _has_state(module: nn.Module, recurse: bool) -> bool:

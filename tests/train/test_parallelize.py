@@ -7,7 +7,8 @@ One 2-process gloo run checks both precisions:
   checkpointed one by one, and the state-dict keys are the single-device module's;
 - fp32 (exact): one step of the sharded module, each rank on half the batch, gives the loss and
   every gradient of the same module on the whole batch in one process, within rtol 1e-5 / atol 1e-6
-  (reduction order only); a frozen encoder stays frozen and in eval mode.
+  (reduction order only); a frozen encoder stays frozen and in eval mode, and its pretrained weights
+  (``weights_path``) are what each rank's shards hold.
 
 The halves of the batch lay out the same placeholders and scored tokens, so the mean of the ranks'
 losses is the whole batch's (see docs/scale.md on what changes with the world size).
@@ -36,11 +37,11 @@ VOCAB, IMAGE_ID, AUDIO_ID = 40, 1, 2
 TINY_VIT = {"img_size": 32, "patch_size": 8, "depth": 2, "embed_dim": 32, "num_heads": 2}
 
 
-def make_model(freeze_vision: bool = False) -> MultimodalLanguageModel:
+def make_model(freeze_vision: bool = False, vision_weights: str | None = None) -> MultimodalLanguageModel:
     return MultimodalLanguageModel(
         network=partial(Transformer, d_model=32, n_layers=2, attention=partial(GroupedQueryAttention, n_heads=2)),
         vocab_size=VOCAB,
-        vision_encoder=partial(TimmVisionEncoder, num_tokens=4, backbone_kwargs=TINY_VIT),
+        vision_encoder=partial(TimmVisionEncoder, num_tokens=4, backbone_kwargs=TINY_VIT, weights_path=vision_weights),
         audio_encoder=partial(AudioEncoder, width=16, n_layers=2, n_heads=2, num_tokens=3),
         vision_projector=partial(MLPProjector, hidden_dim=24),
         freeze_vision_encoder=freeze_vision,
@@ -68,9 +69,9 @@ def whole_batch(halves: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor
     return {key: torch.cat([half[key] for half in halves]) for key in halves[0]}
 
 
-def built_on_meta(freeze_vision: bool = False) -> MultimodalLanguageModel:
+def built_on_meta(freeze_vision: bool = False, vision_weights: str | None = None) -> MultimodalLanguageModel:
     """What a sharding strategy's context gives configure_model: every part on the meta device."""
-    model = make_model(freeze_vision)
+    model = make_model(freeze_vision, vision_weights)
     with torch.device("meta"):
         model.configure_model()
     return model
@@ -87,7 +88,7 @@ def fsdp_policies(model: nn.Module) -> set[tuple[torch.dtype | None, torch.dtype
     return policies
 
 
-def _both_precisions(rank: int, world_size: int, port: int) -> None:
+def _both_precisions(rank: int, world_size: int, port: int, vision_weights: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
@@ -95,7 +96,7 @@ def _both_precisions(rank: int, world_size: int, port: int) -> None:
 
         mesh = init_device_mesh("cpu", (world_size,))
         _check_bf16_structure(mesh)
-        _check_fp32_step(mesh, rank, world_size)
+        _check_fp32_step(mesh, rank, world_size, vision_weights)
     finally:
         dist.destroy_process_group()
 
@@ -124,8 +125,9 @@ def _check_bf16_structure(mesh) -> None:
     assert all(p.grad is not None for p in audio.parameters())
 
 
-def _check_fp32_step(mesh, rank: int, world_size: int) -> None:
-    sharded = built_on_meta(freeze_vision=True)
+def _check_fp32_step(mesh, rank: int, world_size: int, vision_weights: str) -> None:
+    # A frozen pretrained backbone, as xl.yaml's CLIP tower: loaded while materialised, at full size.
+    sharded = built_on_meta(freeze_vision=True, vision_weights=vision_weights)
     # init_from is loaded once every part holds this rank's initialised shards, and only then.
     loads = []
     sharded.load_initial_weights = lambda: loads.append(not any(p.is_meta for p in sharded.parameters()))
@@ -136,7 +138,7 @@ def _check_fp32_step(mesh, rank: int, world_size: int) -> None:
     parallelize_module(sharded, mesh, "cpu", activation_checkpointing=True, param_dtype=None, reduce_dtype=None)
     assert loads == [True]
     assert all(torch.equal(p.to_local(), before[name]) for name, p in sharded.named_parameters())
-    reference = built_on_meta(freeze_vision=True)
+    reference = built_on_meta(freeze_vision=True, vision_weights=vision_weights)
     torch.manual_seed(1)
     for part in reference.parallel_parts():
         materialize(part, "cpu")
@@ -145,6 +147,9 @@ def _check_fp32_step(mesh, rank: int, world_size: int) -> None:
         assert torch.equal(p.full_tensor(), q), name
 
     vision = sharded.encoders["image"]
+    pretrained = torch.load(vision_weights, weights_only=True)
+    for name, param in vision.backbone.named_parameters():
+        assert torch.equal(param.full_tensor(), pretrained[name.replace("_checkpoint_wrapped_module.", "")]), name
     assert not any(isinstance(block, CheckpointWrapper) for block in vision.backbone.blocks)  # frozen: nothing to recompute
     assert all(isinstance(block, CheckpointWrapper) for block in sharded.encoders["audio"].blocks)
     halves = [half_batch(seed) for seed in range(world_size)]
@@ -167,8 +172,10 @@ def _check_fp32_step(mesh, rank: int, world_size: int) -> None:
         torch.testing.assert_close(p.grad.full_tensor(), q.grad, rtol=1e-5, atol=1e-6, msg=name)
 
 
-def test_encoders_and_projectors_shard_under_the_networks_policy_and_step_like_one_process() -> None:
-    mp.spawn(_both_precisions, args=(2, free_port()), nprocs=2, join=True)
+def test_encoders_and_projectors_shard_under_the_networks_policy_and_step_like_one_process(tmp_path) -> None:
+    torch.manual_seed(3)
+    torch.save(TimmVisionEncoder(backbone_kwargs=TINY_VIT).backbone.state_dict(), tmp_path / "vit.pt")
+    mp.spawn(_both_precisions, args=(2, free_port(), str(tmp_path / "vit.pt")), nprocs=2, join=True)
 
 
 class NoStrategyTrainer:
