@@ -76,7 +76,7 @@ class Dispatcher:
             dropped = 1.0 - kept_E.sum().float() / max(experts_N.numel(), 1)
             tokens_per_expert_E = kept_E
         token_N = order_N // top_k  # copy k of token t sits at flat index t·K + k
-        weights_N = routing.weights_TK.flatten()[order_N]
+        weights_N = routing.weights_TK.flatten().index_select(0, order_N)  # backward: index_add, not index_put
         return self.run_experts(x_TD, token_N, weights_N, tokens_per_expert_E, experts), dropped
 
 

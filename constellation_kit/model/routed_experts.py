@@ -20,10 +20,10 @@ same with the output gradient. The only (N, ·) tensor is the (N, 2H) gate/up ac
 backward needs, the one a dense SwiGLU of the same active width keeps too. The sort by expert
 (``token_N``, ``offsets_E``) is computed once per layer by the dispatcher and reused by the backward.
 
-Experts run in parallel, not each matmul: the groups are split into ``P`` contiguous ranges of
-about equal row counts, one per thread (``torch.get_num_threads()``), each summing into its own
-(T, D) accumulator; the accumulators are added in a fixed order, so results do not depend on
-timing. Why (measured, ``benchmarks/RESULTS.md``, issue 15): 64 small expert matmuls, each split
+Experts run in parallel, not each matmul: the groups are split into ``P = min(threads, E)``
+contiguous ranges of about equal row counts (``threads = torch.get_num_threads()``), one per worker
+thread with ``threads // P`` intra-op threads of its own, each summing into its own (T, D)
+accumulator; the accumulators are added in a fixed order, so results do not depend on timing. Why (measured, ``benchmarks/RESULTS.md``, issue 15): 64 small expert matmuls, each split
 over 2 threads, cost 2.6x one dense matmul of the same FLOPs on a busy 2-core machine, because
 every small matmul waits for both threads; across groups the threads meet once per call.
 

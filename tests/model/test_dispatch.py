@@ -6,6 +6,7 @@ only used with 2 or more) and also force the grouped kernel (``torch._grouped_mm
 """
 
 import contextlib
+import copy
 
 import pytest
 import torch
@@ -208,10 +209,19 @@ def test_shared_expert_adds_a_dense_swiglu_on_every_token() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_grouped_mm_bf16_on_cuda_matches_loop() -> None:
+def test_routed_experts_on_cuda_matches_loop_in_outputs_and_gradients() -> None:
+    # sm90+ takes the grouped kernel (torch._grouped_mm), older GPUs the loop kernel: either way
+    # the fused operator must compute what the per-expert loop does, forward and backward.
     layer = make_layer(8, 2, GroupedMMDispatch(), d_model=64, hidden=32).cuda().bfloat16()
     x = torch.randn(64, 64, device="cuda", dtype=torch.bfloat16)
-    reference = MoEFeedForward.forward.__get__(layer)
-    y_fast, routing = reference(x)
-    y_ref, _ = LoopDispatch()(x, routing, layer.experts)
-    torch.testing.assert_close(y_fast, y_ref, rtol=2e-2, atol=2e-2)
+    routing = layer.router(x)
+    results = []
+    for dispatch in (GroupedMMDispatch(), LoopDispatch()):
+        experts = copy.deepcopy(layer.experts)
+        x_in = x.clone().requires_grad_()
+        y, _ = dispatch(x_in, routing, experts)
+        y.float().square().sum().backward(retain_graph=True)
+        results.append([y.detach(), x_in.grad, experts.gate_up_proj.grad, experts.down_proj.grad, layer.router.weight.grad])
+        layer.router.weight.grad = None
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)
