@@ -89,6 +89,8 @@ def routed_experts(
     (E,) int32 is the end row of each expert's group. Also returns the (N, 2H) gate/up activation,
     which only the backward reads. ``kernel``: ``"loop"`` or ``"grouped"``.
     """
+    if kernel not in KERNELS:
+        raise ValueError(f"routed_experts kernel={kernel!r}: choose one of {KERNELS}")
     with _plain_compute(x_TD):
         if kernel == "grouped":
             return _grouped_forward(x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E)
