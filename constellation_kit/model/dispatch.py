@@ -3,10 +3,11 @@
 Shape legend: ``T`` tokens, ``D`` width, ``E`` experts, ``K`` experts per token, ``N = T·K``
 token copies, ``H`` expert hidden width.
 
-Every implementation shares the bookkeeping in :class:`Dispatcher` and differs only in
-:meth:`Dispatcher.run_experts`, which runs the experts on rows already sorted by expert::
+Every implementation shares the bookkeeping in :class:`Dispatcher` (the sort by expert, computed
+once per layer, and the capacity limit) and differs only in :meth:`Dispatcher.run_experts`, which
+receives the token copies as indices sorted by expert and returns each token's weighted sum::
 
-    x_TD ──gather, sorted by expert──► x_ND ──run_experts (× combine weight)──► y_ND ──index_add per token──► y_TD
+    experts_TK ──stable sort──► token_N, weights_N, tokens_per_expert_E ──run_experts(x_TD, …)──► y_TD
 
 Dropless by default (MegaBlocks, Gale et al. 2022): every token copy is computed. With a
 ``capacity_factor`` each expert keeps at most ``ceil(capacity_factor · N / E)`` copies, in token
@@ -16,13 +17,11 @@ order (GShard §2.2); the rest contribute zero and their fraction is reported.
 import math
 
 import torch
-import torch.nn.functional as F
 
 from constellation_kit.errors import ConfigError
 from constellation_kit.model.experts import SwiGLUExperts
-from constellation_kit.model.grouped_mm import grouped_mm
-from constellation_kit.model.grouped_mm import grouped_mm_supported as _grouped_mm_supported
 from constellation_kit.model.router import RouterOutput
+from constellation_kit.model.routed_experts import default_kernel, routed_experts
 
 
 class Dispatcher:
@@ -43,10 +42,18 @@ class Dispatcher:
         self.capacity_factor = capacity_factor
 
     def run_experts(
-        self, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, experts: SwiGLUExperts, weights_N: torch.Tensor
+        self,
+        x_TD: torch.Tensor,
+        token_N: torch.Tensor,
+        weights_N: torch.Tensor,
+        tokens_per_expert_E: torch.Tensor,
+        experts: SwiGLUExperts,
     ) -> torch.Tensor:
-        """Rows (N, D) sorted by expert, ``tokens_per_expert_E[e]`` of them for expert ``e`` -> (N, D),
-        each row's expert output scaled by its combine weight ``weights_N`` (N,)."""
+        """``y_TD`` (T, D): ``y_t = Σ_n w_n · expert_{e(n)}(x_t)`` over the copies ``n`` of token ``t``.
+
+        The N copies come sorted by expert, ``tokens_per_expert_E[e]`` of them for expert ``e``:
+        copy ``n`` is a row of token ``token_N[n]`` (N,) with combine weight ``weights_N[n]`` (N,).
+        """
         raise NotImplementedError
 
     def __call__(self, x_TD: torch.Tensor, routing: RouterOutput, experts: SwiGLUExperts) -> tuple[torch.Tensor, torch.Tensor]:
@@ -69,15 +76,8 @@ class Dispatcher:
             dropped = 1.0 - kept_E.sum().float() / max(experts_N.numel(), 1)
             tokens_per_expert_E = kept_E
         token_N = order_N // top_k  # copy k of token t sits at flat index t·K + k
-        weights_N = routing.weights_TK.flatten()[order_N]
-        # index_select, not x_TD[token_N]: its backward is an index_add into (T, D), where advanced
-        # indexing's is an accumulating index_put, several times slower on CPU.
-        x_ND = x_TD.index_select(0, token_N)
-        y_ND = self.run_experts(x_ND, tokens_per_expert_E, experts, weights_N)
-        # Sum each token's K weighted copies straight from sorted order: no unsort, no (T, K, D) buffer
-        # (fresh (T·K, D) buffers cost page faults on every call on CPU).
-        y_TD = y_ND.new_zeros(num_tokens, y_ND.shape[-1]).index_add(0, token_N, y_ND)
-        return y_TD, dropped
+        weights_N = routing.weights_TK.flatten().index_select(0, order_N)  # backward: index_add, not index_put
+        return self.run_experts(x_TD, token_N, weights_N, tokens_per_expert_E, experts), dropped
 
 
 class LoopDispatch(Dispatcher):
@@ -88,46 +88,53 @@ class LoopDispatch(Dispatcher):
     """
 
     def run_experts(
-        self, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, experts: SwiGLUExperts, weights_N: torch.Tensor
+        self,
+        x_TD: torch.Tensor,
+        token_N: torch.Tensor,
+        weights_N: torch.Tensor,
+        tokens_per_expert_E: torch.Tensor,
+        experts: SwiGLUExperts,
     ) -> torch.Tensor:
         counts = tokens_per_expert_E.tolist()
+        x_ND = x_TD.index_select(0, token_N)  # (N, D), sorted by expert
         outputs = []
         for expert, (rows, weights) in enumerate(zip(torch.split(x_ND, counts), torch.split(weights_N, counts))):
             if rows.shape[0]:
                 outputs.append(experts.expert_forward(rows, expert) * weights.to(rows.dtype).unsqueeze(-1))
-        return torch.cat(outputs) if outputs else x_ND.new_zeros(0, x_ND.shape[-1])
-
-
-def grouped_mm_supported(x: torch.Tensor, experts: SwiGLUExperts) -> bool:
-    """Whether ``torch._grouped_mm`` can run these shapes and dtype on this device."""
-    return _grouped_mm_supported(x, x.shape[-1], experts.hidden_dim)
+        y_ND = torch.cat(outputs) if outputs else x_ND.new_zeros(0, x_TD.shape[-1])
+        return x_TD.new_zeros(x_TD.shape[0], y_ND.shape[-1]).index_add(0, token_N, y_ND)
 
 
 class GroupedMMDispatch(Dispatcher):
-    """The fast path: two grouped matmuls (``torch._grouped_mm``) for all experts at once.
+    """The fast path: all routed experts in one operator, :func:`~constellation_kit.model.routed_experts.routed_experts`.
 
-    Both go through :func:`~constellation_kit.model.grouped_mm.grouped_mm`, a custom operator with
-    a fake kernel (so a compiled block keeps one graph) whose backward is grouped matmuls too; it
-    runs on Hopper GPUs in bf16 and on CPUs in fp32 and bf16. Where it cannot (other dtypes, rows
-    not 16-byte aligned, older GPUs), dispatch falls back to the per-expert loop, so a recipe never
-    fails for want of a kernel.
+    No (T·K, D) copy of the tokens is made on CPU: each expert's rows are gathered, run through
+    both projections and index-added into the output in cache-sized blocks, experts spread over
+    the threads; the backward does the same. On Hopper GPUs in bf16 the operator runs
+    ``torch._grouped_mm`` instead (one kernel per projection). Any device and dtype works; the
+    operator has a fake kernel, so a compiled block keeps one graph.
     """
 
     def run_experts(
-        self, x_ND: torch.Tensor, tokens_per_expert_E: torch.Tensor, experts: SwiGLUExperts, weights_N: torch.Tensor
+        self,
+        x_TD: torch.Tensor,
+        token_N: torch.Tensor,
+        weights_N: torch.Tensor,
+        tokens_per_expert_E: torch.Tensor,
+        experts: SwiGLUExperts,
     ) -> torch.Tensor:
-        device_type = x_ND.device.type
+        device_type = x_TD.device.type
         if device_type == "cuda" and torch.is_autocast_enabled(device_type):
-            # Autocast does not reach a private op: cast by hand, as it would for a matmul.
-            x_ND = x_ND.to(torch.get_autocast_dtype(device_type))
-        w_gate_up = experts.gate_up_proj.to(x_ND.dtype)  # (E, D, 2H); a no-op outside autocast
-        w_down = experts.down_proj.to(x_ND.dtype)  # (E, H, D)
-        if not grouped_mm_supported(x_ND, experts):
-            return LoopDispatch.run_experts(self, x_ND, tokens_per_expert_E, experts, weights_N)
+            # Autocast does not reach a custom operator: cast by hand, as it would for a matmul.
+            x_TD = x_TD.to(torch.get_autocast_dtype(device_type))
         offsets_E = torch.cumsum(tokens_per_expert_E, 0).to(torch.int32)  # end row of each group
-        gate_up_N2H = grouped_mm(x_ND, w_gate_up, offsets_E)
-        gate_NH, up_NH = gate_up_N2H.chunk(2, dim=-1)
-        # The combine weight scales the hidden row rather than the output row: the same product (the
-        # down projection is linear) on a narrower tensor whenever H < D (fine-grained experts).
-        hidden_NH = F.silu(gate_NH) * up_NH * weights_N.to(gate_NH.dtype).unsqueeze(-1)
-        return grouped_mm(hidden_NH, w_down, offsets_E)
+        y_TD, _ = routed_experts(
+            x_TD,
+            experts.gate_up_proj.to(x_TD.dtype),  # (E, D, 2H); a no-op outside autocast
+            experts.down_proj.to(x_TD.dtype),  # (E, H, D)
+            weights_N.to(x_TD.dtype),
+            token_N,
+            offsets_E,
+            default_kernel(x_TD, x_TD.shape[-1], experts.hidden_dim),
+        )
+        return y_TD

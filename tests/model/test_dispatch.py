@@ -1,13 +1,20 @@
-"""Every dispatcher against a per-token reference written here: outputs and every gradient, fp32."""
+"""Every dispatcher against a per-token reference written here: outputs and every gradient, fp32.
+
+``GroupedMMDispatch`` runs the fused operator ``constellation::routed_experts``; on CPU its loop
+kernel, which spreads experts over worker threads, so the tests pin the thread count (the pool is
+only used with 2 or more) and also force the grouped kernel (``torch._grouped_mm``, what CUDA runs).
+"""
+
+import contextlib
+import copy
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from constellation_kit.model import GroupedMMDispatch, LoopDispatch, MoEFeedForward, TopKRouter
-from constellation_kit.model.dispatch import grouped_mm_supported
-
-IMPLEMENTATIONS = [LoopDispatch, GroupedMMDispatch]
+from constellation_kit.model import dispatch as dispatch_module
+from constellation_kit.model.routed_experts import grouped_mm_supported, routed_experts, routed_experts_backward
 
 
 def per_token_reference(x_TD, layer: MoEFeedForward, capacity_factor=None) -> torch.Tensor:
@@ -61,10 +68,39 @@ def assert_close(got: list[torch.Tensor], want: list[torch.Tensor]) -> None:
         assert rel <= 1e-5, f"{name}: relative error {rel:.2e}"
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=lambda c: c.__name__)
+@contextlib.contextmanager
+def threads(count: int):
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+# (dispatcher, kernel of the fused operator, intra-op threads): the loop kernel inline (1 thread),
+# on 2 and 3 worker threads (uneven expert ranges), and the grouped kernel.
+VARIANTS = [
+    (LoopDispatch, None, 2),
+    (GroupedMMDispatch, "loop", 1),
+    (GroupedMMDispatch, "loop", 2),
+    (GroupedMMDispatch, "loop", 3),
+    (GroupedMMDispatch, "grouped", 2),
+]
+
+
+@pytest.fixture(params=VARIANTS, ids=lambda v: f"{v[0].__name__}-{v[1]}-{v[2]}threads")
+def variant(request, monkeypatch):
+    implementation, kernel, count = request.param
+    if kernel is not None:
+        monkeypatch.setattr(dispatch_module, "default_kernel", lambda *args: kernel)
+    with threads(count):
+        yield implementation
+
+
 @pytest.mark.parametrize("num_experts,top_k", [(4, 2), (8, 1), (6, 3)])
-def test_dispatch_matches_per_token_reference(implementation, num_experts: int, top_k: int) -> None:
-    layer = make_layer(num_experts, top_k, implementation())
+def test_dispatch_matches_per_token_reference(variant, num_experts: int, top_k: int) -> None:
+    layer = make_layer(num_experts, top_k, variant())
     # Steer the choice (bias only) so two experts get no tokens: their weight grads must be exact zeros.
     layer.router.expert_bias[-2:] = -1e4
     x = torch.randn(2, 9, 8) * 2  # (B, S, D)
@@ -79,9 +115,8 @@ def test_dispatch_matches_per_token_reference(implementation, num_experts: int, 
     assert torch.count_nonzero(grad_gate_up[-2:]) == 0 and torch.count_nonzero(grad_down[-2:]) == 0
 
 
-@pytest.mark.parametrize("implementation", IMPLEMENTATIONS, ids=lambda c: c.__name__)
-def test_capacity_factor_drops_in_token_order_and_reports_it(implementation) -> None:
-    layer = make_layer(4, 2, implementation(capacity_factor=0.5))
+def test_capacity_factor_drops_in_token_order_and_reports_it(variant) -> None:
+    layer = make_layer(4, 2, variant(capacity_factor=0.5))
     x = torch.randn(16, 8) * 2
     want = outputs_and_grads(layer, x, lambda x: per_token_reference(x, layer, capacity_factor=0.5))
     got = outputs_and_grads(layer, x, lambda x: layer(x)[0])
@@ -98,10 +133,68 @@ def test_dropless_reports_zero_dropped() -> None:
     assert routing.dropped_fraction.item() == 0.0
 
 
-def test_grouped_mm_path_is_taken_on_cpu_fp32() -> None:
-    layer = make_layer(4, 2, GroupedMMDispatch())
-    assert grouped_mm_supported(torch.randn(3, 8), layer.experts)
-    assert not grouped_mm_supported(torch.randn(3, 8, dtype=torch.float64), layer.experts)
+def test_grouped_kernel_is_chosen_only_where_cuda_runs_it() -> None:
+    # CPU always takes the loop kernel: it never materialises the (T·K, D) copies.
+    assert dispatch_module.default_kernel(torch.randn(3, 8), 8, 4) == "loop"
+    assert grouped_mm_supported(torch.randn(3, 8), 8, 4)
+    assert not grouped_mm_supported(torch.randn(3, 8, dtype=torch.float64), 8, 4)
+    assert not grouped_mm_supported(torch.randn(3, 6), 6, 4)  # rows not 16-byte aligned
+
+
+def operator_inputs(num_tokens=10, d_model=8, hidden=4, num_experts=5, top_k=2, empty=(3,)):
+    """Random routed_experts inputs, expert ``empty`` receiving no copies, ``x`` and weights requiring grad."""
+    generator = torch.Generator().manual_seed(3)
+    scores = torch.rand(num_tokens, num_experts, generator=generator)
+    scores[:, list(empty)] = -1
+    experts_N = scores.topk(top_k, dim=-1).indices.flatten()
+    order_N = torch.argsort(experts_N, stable=True)
+    offsets_E = torch.cumsum(torch.bincount(experts_N, minlength=num_experts), 0).to(torch.int32)
+    return (
+        torch.randn(num_tokens, d_model, generator=generator).requires_grad_(),
+        (torch.randn(num_experts, d_model, 2 * hidden, generator=generator) * 0.5).requires_grad_(),
+        (torch.randn(num_experts, hidden, d_model, generator=generator) * 0.5).requires_grad_(),
+        torch.rand(order_N.numel(), generator=generator).requires_grad_(),
+        order_N // top_k,
+        offsets_E,
+    )
+
+
+@pytest.mark.parametrize("kernel", ["loop", "grouped"])
+def test_routed_experts_operator_passes_opcheck(kernel: str) -> None:
+    # Schema, fake kernel, autograd registration and AOT dispatch, as torch.compile would use them.
+    inputs = operator_inputs()
+    with threads(2):
+        torch.library.opcheck(routed_experts, (*inputs, kernel))
+        _, gate_up_N2H = routed_experts(*inputs, kernel)
+        grad_TD = torch.randn_like(inputs[0])
+        detached = [t.detach() for t in inputs]
+        torch.library.opcheck(routed_experts_backward, (grad_TD, *detached, gate_up_N2H.detach(), kernel))
+
+
+def test_loop_and_grouped_kernels_agree_and_zero_empty_experts() -> None:
+    results = []
+    for kernel, count in [("grouped", 1), ("loop", 1), ("loop", 2), ("loop", 4)]:
+        inputs = operator_inputs(num_tokens=40, d_model=16, hidden=8, num_experts=7, top_k=3, empty=(0, 4))
+        with threads(count):
+            y_TD, _ = routed_experts(*inputs, kernel)
+            y_TD.backward(torch.ones_like(y_TD))
+        results.append([y_TD.detach()] + [t.grad for t in inputs[:4]])
+    for result in results[1:]:
+        for got, want in zip(result, results[0], strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    for result in results:  # experts 0 and 4 saw no rows: exactly zero weight gradients
+        assert torch.count_nonzero(result[2][[0, 4]]) == 0 and torch.count_nonzero(result[3][[0, 4]]) == 0
+
+
+def test_inference_mode_runs_the_worker_threads() -> None:
+    layer = make_layer(6, 2, GroupedMMDispatch())
+    x = torch.randn(32, 8)
+    with threads(2):
+        with torch.no_grad():
+            expected, _ = layer(x)
+        with torch.inference_mode():
+            got, _ = layer(x)
+    torch.testing.assert_close(got, expected)
 
 
 def test_shared_expert_adds_a_dense_swiglu_on_every_token() -> None:
@@ -116,10 +209,19 @@ def test_shared_expert_adds_a_dense_swiglu_on_every_token() -> None:
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_grouped_mm_bf16_on_cuda_matches_loop() -> None:
+def test_routed_experts_on_cuda_matches_loop_in_outputs_and_gradients() -> None:
+    # sm90+ takes the grouped kernel (torch._grouped_mm), older GPUs the loop kernel: either way
+    # the fused operator must compute what the per-expert loop does, forward and backward.
     layer = make_layer(8, 2, GroupedMMDispatch(), d_model=64, hidden=32).cuda().bfloat16()
     x = torch.randn(64, 64, device="cuda", dtype=torch.bfloat16)
-    reference = MoEFeedForward.forward.__get__(layer)
-    y_fast, routing = reference(x)
-    y_ref, _ = LoopDispatch()(x, routing, layer.experts)
-    torch.testing.assert_close(y_fast, y_ref, rtol=2e-2, atol=2e-2)
+    routing = layer.router(x)
+    results = []
+    for dispatch in (GroupedMMDispatch(), LoopDispatch()):
+        experts = copy.deepcopy(layer.experts)
+        x_in = x.clone().requires_grad_()
+        y, _ = dispatch(x_in, routing, experts)
+        y.float().square().sum().backward(retain_graph=True)
+        results.append([y.detach(), x_in.grad, experts.gate_up_proj.grad, experts.down_proj.grad, layer.router.weight.grad])
+        layer.router.weight.grad = None
+    for got, want in zip(*results, strict=True):
+        torch.testing.assert_close(got, want, rtol=2e-2, atol=2e-2)

@@ -1,0 +1,331 @@
+"""All routed SwiGLU experts of one MoE layer as one custom operator, gather and scatter fused in.
+
+Shape legend: ``T`` tokens, ``D`` model width, ``E`` experts, ``H`` expert hidden width, ``N`` token
+copies sorted by expert (``T·K`` when dropless), ``P`` worker threads.
+
+For token copy ``n`` of token ``t = token_N[n]``, routed to expert ``e`` with combine weight ``w_n``::
+
+    y_TD[t] += w_n · (silu(x_t G_e) * (x_t U_e)) W_e          (gate_up_proj[e] = [G_e | U_e], down_proj[e] = W_e)
+
+:func:`routed_experts` computes that sum for every copy at once and returns ``y_TD`` (T, D). Where
+the copies' rows live is the point of the operator. The unfused form materialises them: gather
+``x_TD[token_N]`` into an (N, D) buffer, matmul, matmul into another (N, D) buffer, index-add back;
+its backward makes two more (N, D) buffers (the gathered output gradient, the input gradient
+before the scatter). With fine-grained experts N = 8·T, so each is 8x the layer's input: at the
+benchmark's OLMoE-like shape, four 64 MB buffers a step, each a fresh allocation that on CPU is
+also 16,000 page faults (glibc mmaps every buffer over 32 MB). Here, on CPU, each expert's rows
+are gathered into a small per-expert block, go through both matmuls and the activation while they
+are still in cache, and are index-added straight into the (T, D) output; the backward does the
+same with the output gradient. The only (N, ·) tensor is the (N, 2H) gate/up activation that the
+backward needs, the one a dense SwiGLU of the same active width keeps too. The sort by expert
+(``token_N``, ``offsets_E``) is computed once per layer by the dispatcher and reused by the backward.
+
+Experts run in parallel, not each matmul: the groups are split into ``P = min(threads, E)``
+contiguous ranges of about equal row counts (``threads = torch.get_num_threads()``), one per worker
+thread with ``threads // P`` intra-op threads of its own, each summing into its own (T, D)
+accumulator; the accumulators are added in a fixed order, so results do not depend on timing. Why (measured, ``benchmarks/RESULTS.md``, issue 15): 64 small expert matmuls, each split
+over 2 threads, cost 2.6x one dense matmul of the same FLOPs on a busy 2-core machine, because
+every small matmul waits for both threads; across groups the threads meet once per call.
+
+On CUDA (sm90+, bf16, 16-byte-aligned widths) the operator runs the grouped kernel
+``torch._grouped_mm`` on the materialised copies instead: one kernel per projection beats a Python
+loop over experts there, and the copies are cheap in HBM. Both kernels compute the same function
+and are tested against each other and a per-token loop on CPU (``_grouped_mm`` runs there too).
+
+The operator has a fake kernel (shapes only) and an autograd formula that is a second custom
+operator, so a compiled block keeps one graph with the routed experts as one extern call each way.
+"""
+
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import torch
+import torch.nn.functional as F
+
+KERNELS = ("loop", "grouped")
+
+
+def grouped_mm_supported(x: torch.Tensor, in_width: int, hidden_width: int) -> bool:
+    """Whether ``torch._grouped_mm`` runs rows of ``x``'s device and dtype with these widths."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    aligned = 16 // x.element_size()  # rows must start on 16-byte boundaries
+    if in_width % aligned or hidden_width % aligned:
+        return False
+    if x.device.type == "cuda":
+        # The CUDA kernel is the Hopper (sm90+) bf16 path.
+        return torch.cuda.get_device_capability(x.device) >= (9, 0) and x.dtype == torch.bfloat16
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16)
+
+
+def default_kernel(x: torch.Tensor, d_model: int, hidden_dim: int) -> str:
+    """``"grouped"`` on CUDA where ``torch._grouped_mm`` runs these shapes, else ``"loop"``.
+
+    On CPU the loop wins even where the grouped kernel runs: it never materialises the copies.
+    """
+    if x.device.type == "cuda" and grouped_mm_supported(x, d_model, hidden_dim):
+        return "grouped"
+    return "loop"
+
+
+# ---------------------------------------------------------------------------------------------
+# The operator and its backward.
+
+
+@torch.library.custom_op("constellation::routed_experts", mutates_args=())
+def routed_experts(
+    x_TD: torch.Tensor,
+    gate_up_EDH2: torch.Tensor,
+    down_EHD: torch.Tensor,
+    weights_N: torch.Tensor,
+    token_N: torch.Tensor,
+    offsets_E: torch.Tensor,
+    kernel: str,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``y_TD`` (T, D): every copy's weighted expert output summed into its token (module docstring).
+
+    ``token_N`` (N,) int64 and ``weights_N`` (N,) list the copies sorted by expert; ``offsets_E``
+    (E,) int32 is the end row of each expert's group. Also returns the (N, 2H) gate/up activation,
+    which only the backward reads. ``kernel``: ``"loop"`` or ``"grouped"``.
+    """
+    if kernel not in KERNELS:
+        raise ValueError(f"routed_experts kernel={kernel!r}: choose one of {KERNELS}")
+    with _plain_compute(x_TD):
+        if kernel == "grouped":
+            return _grouped_forward(x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E)
+        return _loop_forward(x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E)
+
+
+@routed_experts.register_fake
+def _(x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E, kernel):
+    return x_TD.new_empty(x_TD.shape[0], down_EHD.shape[-1]), x_TD.new_empty(token_N.shape[0], gate_up_EDH2.shape[-1])
+
+
+@torch.library.custom_op("constellation::routed_experts_backward", mutates_args=())
+def routed_experts_backward(
+    grad_TD: torch.Tensor,
+    x_TD: torch.Tensor,
+    gate_up_EDH2: torch.Tensor,
+    down_EHD: torch.Tensor,
+    weights_N: torch.Tensor,
+    token_N: torch.Tensor,
+    offsets_E: torch.Tensor,
+    gate_up_N2H: torch.Tensor,
+    kernel: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients of :func:`routed_experts` for ``x_TD``, both expert weights and ``weights_N``.
+
+    Experts that received no copies get exactly zero weight gradients.
+    """
+    with _plain_compute(x_TD):
+        args = (grad_TD.contiguous(), x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E, gate_up_N2H)
+        return _grouped_backward(*args) if kernel == "grouped" else _loop_backward(*args)
+
+
+@routed_experts_backward.register_fake
+def _(grad_TD, x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E, gate_up_N2H, kernel):
+    return (torch.empty_like(x_TD), torch.empty_like(gate_up_EDH2), torch.empty_like(down_EHD), torch.empty_like(weights_N))
+
+
+def _setup_context(ctx, inputs, output):
+    x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E, kernel = inputs
+    _, gate_up_N2H = output
+    ctx.save_for_backward(x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E, gate_up_N2H)
+    ctx.kernel = kernel
+
+
+def _backward(ctx, grad_TD, _grad_gate_up):
+    # The gate/up output is an internal activation for this backward; nothing downstream uses it.
+    x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E, gate_up_N2H = ctx.saved_tensors
+    grads = routed_experts_backward(
+        grad_TD, x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E, gate_up_N2H, ctx.kernel
+    )
+    return (*grads, None, None, None)
+
+
+routed_experts.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _plain_compute(x: torch.Tensor):
+    # Autocast does not reach a private op's insides consistently (worker threads do not inherit
+    # it): the caller casts, and everything in here runs in the dtype it is given.
+    return torch.autocast(device_type=x.device.type, enabled=False)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loop kernel: per-expert blocks, experts spread over threads.
+
+
+def _loop_forward(x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E):
+    hidden = down_EHD.shape[1]
+    bounds = [0, *offsets_E.tolist()]
+    gate_up_N2H = x_TD.new_empty(token_N.shape[0], gate_up_EDH2.shape[-1])
+
+    def run(experts: range) -> torch.Tensor:
+        y_TD = x_TD.new_zeros(x_TD.shape[0], down_EHD.shape[-1])
+        for e in experts:
+            start, end = bounds[e], bounds[e + 1]
+            if start == end:
+                continue
+            token_n = token_N[start:end]
+            gate_up_n2H = torch.mm(x_TD.index_select(0, token_n), gate_up_EDH2[e], out=gate_up_N2H[start:end])
+            hidden_nH = F.silu(gate_up_n2H[:, :hidden]).mul_(gate_up_n2H[:, hidden:])
+            # Scale whichever of hidden and output is narrower: the same product (the down
+            # projection is linear), fewer multiplies.
+            weight_n1 = weights_N[start:end, None]
+            if hidden <= y_TD.shape[1]:
+                y_nD = torch.mm(hidden_nH.mul_(weight_n1), down_EHD[e])
+            else:
+                y_nD = torch.mm(hidden_nH, down_EHD[e]).mul_(weight_n1)
+            y_TD.index_add_(0, token_n, y_nD)
+        return y_TD
+
+    return _sum(_run_partitions(run, bounds)), gate_up_N2H
+
+
+def _loop_backward(grad_TD, x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E, gate_up_N2H):
+    hidden = down_EHD.shape[1]
+    bounds = [0, *offsets_E.tolist()]
+    grad_gate_up_EDH2 = torch.empty_like(gate_up_EDH2)
+    grad_down_EHD = torch.empty_like(down_EHD)
+    grad_weights_N = torch.empty_like(weights_N)
+
+    def run(experts: range) -> torch.Tensor:
+        grad_x_TD = torch.zeros_like(x_TD)
+        for e in experts:
+            start, end = bounds[e], bounds[e + 1]
+            if start == end:
+                grad_gate_up_EDH2[e].zero_()
+                grad_down_EHD[e].zero_()
+                continue
+            token_n = token_N[start:end]
+            weight_n1 = weights_N[start:end, None]
+            gate_nH, up_nH = gate_up_N2H[start:end, :hidden], gate_up_N2H[start:end, hidden:]
+            grad_nD = grad_TD.index_select(0, token_n)
+            act_nH = F.silu(gate_nH)
+            hidden_nH = act_nH * up_nH  # recomputed: cheaper than keeping an (N, H) tensor alive
+            # d/d(hidden) of the unweighted output; dotted with hidden it is the combine weight's gradient.
+            grad_hidden_nH = torch.mm(grad_nD, down_EHD[e].t())
+            torch.linalg.vecdot(grad_hidden_nH, hidden_nH, out=grad_weights_N[start:end])
+            torch.mm(hidden_nH.mul_(weight_n1).t(), grad_nD, out=grad_down_EHD[e])
+            grad_hidden_nH.mul_(weight_n1)
+            # Written straight into the halves of one (n, 2H) block: no concatenation afterwards.
+            grad_gate_up_n2H = torch.empty_like(gate_up_N2H[start:end])
+            torch.mul(grad_hidden_nH, act_nH, out=grad_gate_up_n2H[:, hidden:])
+            torch.ops.aten.silu_backward.grad_input(
+                grad_hidden_nH.mul_(up_nH), gate_nH, grad_input=grad_gate_up_n2H[:, :hidden]
+            )
+            torch.mm(x_TD.index_select(0, token_n).t(), grad_gate_up_n2H, out=grad_gate_up_EDH2[e])
+            grad_x_TD.index_add_(0, token_n, torch.mm(grad_gate_up_n2H, gate_up_EDH2[e].t()))
+        return grad_x_TD
+
+    grad_x_TD = _sum(_run_partitions(run, bounds))
+    return grad_x_TD, grad_gate_up_EDH2, grad_down_EHD, grad_weights_N
+
+
+_pools: dict[tuple[int, int, int], ThreadPoolExecutor] = {}
+
+
+def _executor(workers: int, threads_each: int) -> ThreadPoolExecutor:
+    """A pool of ``workers`` threads, each running its torch ops on ``threads_each`` threads.
+
+    Each worker needs its own, smaller intra-op thread count, or its ops would fan out over every
+    core again (OpenMP and MKL size a new thread's team from the process default) and the
+    workers' teams would fight over the cores. ``torch.set_num_threads`` is the only handle on a
+    thread's own OpenMP and MKL counts, and it also overwrites the process default that threads
+    created later start from; so every worker sets it once, all at once while the pool is built,
+    and the caller restores the default right after.
+    """
+    key = (os.getpid(), workers, threads_each)  # a forked child (a loader worker) inherits no threads
+    if key not in _pools:
+        if any(pid != os.getpid() for pid, _, _ in _pools):
+            _pools.clear()  # the parent's: their threads do not exist here
+        threads = torch.get_num_threads()
+        ready = threading.Barrier(workers + 1, timeout=60)
+
+        def set_threads() -> None:
+            torch.set_num_threads(threads_each)
+            ready.wait()
+
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="routed-experts", initializer=set_threads)
+        for _ in range(workers):
+            pool.submit(int)  # start every thread now: each waits in the barrier, so none is reused
+        ready.wait()
+        torch.set_num_threads(threads)
+        _pools[key] = pool
+    return _pools[key]
+
+
+def _partitions(bounds: list[int], parts: int) -> list[range]:
+    """Split experts ``0..E-1`` into at most ``parts`` contiguous ranges of about equal row counts."""
+    num_experts, total = len(bounds) - 1, bounds[-1]
+    cuts, e = [0], 0
+    for p in range(1, parts):
+        while e < num_experts and bounds[e + 1] <= total * p / parts:
+            e += 1
+        if e > cuts[-1]:
+            cuts.append(e)
+    cuts.append(num_experts)
+    return [range(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
+
+
+def _run_partitions(run, bounds: list[int]) -> list[torch.Tensor]:
+    """``run(experts)`` over contiguous expert ranges, one per worker thread; returns their results in order.
+
+    With one intra-op thread, or one expert, everything runs inline on this thread.
+    """
+    threads = torch.get_num_threads()
+    workers = min(threads, len(bounds) - 1)
+    parts = _partitions(bounds, workers)
+    # Worker threads inherit no thread-local state: no autocast (nothing here wants it), and grad
+    # mode on, which would record a graph for the weights (they require grad) and refuse out=.
+    inference = torch.is_inference_mode_enabled()
+
+    def guarded(experts: range) -> torch.Tensor:
+        with torch.inference_mode() if inference else torch.no_grad():
+            return run(experts)
+
+    if len(parts) == 1:
+        return [guarded(parts[0])]
+    pool = _executor(workers, max(threads // workers, 1))
+    return [future.result() for future in [pool.submit(guarded, part) for part in parts]]
+
+
+def _sum(partials: list[torch.Tensor]) -> torch.Tensor:
+    total = partials[0]
+    for partial in partials[1:]:  # fixed order: the same sum whatever the threads' timing
+        total += partial
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Grouped kernel: the same function on materialised copies, one torch._grouped_mm per projection.
+
+
+def _grouped_forward(x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E):
+    hidden = down_EHD.shape[1]
+    x_ND = x_TD.index_select(0, token_N)
+    gate_up_N2H = torch._grouped_mm(x_ND, gate_up_EDH2, offsets_E)
+    hidden_NH = F.silu(gate_up_N2H[:, :hidden]) * gate_up_N2H[:, hidden:] * weights_N[:, None]
+    y_ND = torch._grouped_mm(hidden_NH, down_EHD, offsets_E)
+    return x_TD.new_zeros(x_TD.shape[0], y_ND.shape[-1]).index_add_(0, token_N, y_ND), gate_up_N2H
+
+
+def _grouped_backward(grad_TD, x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E, gate_up_N2H):
+    hidden = down_EHD.shape[1]
+    gate_NH, up_NH = gate_up_N2H[:, :hidden], gate_up_N2H[:, hidden:]
+    grad_ND = grad_TD.index_select(0, token_N)
+    act_NH = F.silu(gate_NH)
+    hidden_NH = act_NH * up_NH
+    grad_hidden_NH = torch._grouped_mm(grad_ND, down_EHD.transpose(-2, -1), offsets_E)
+    grad_weights_N = torch.linalg.vecdot(grad_hidden_NH, hidden_NH)
+    # (H, N) x (N, D) grouped along N, the 2-D x 2-D form: one (H, D) block per expert, zero where
+    # an expert has no rows.
+    grad_down_EHD = torch._grouped_mm((hidden_NH * weights_N[:, None]).t(), grad_ND, offsets_E)
+    grad_hidden_NH = grad_hidden_NH * weights_N[:, None]
+    grad_gate_up_N2H = torch.cat([torch.ops.aten.silu_backward(grad_hidden_NH * up_NH, gate_NH), grad_hidden_NH * act_NH], -1)
+    grad_gate_up_EDH2 = torch._grouped_mm(x_TD.index_select(0, token_N).t(), grad_gate_up_N2H, offsets_E)
+    grad_x_ND = torch._grouped_mm(grad_gate_up_N2H, gate_up_EDH2.transpose(-2, -1), offsets_E)
+    grad_x_TD = torch.zeros_like(x_TD).index_add_(0, token_N, grad_x_ND)
+    return grad_x_TD, grad_gate_up_EDH2, grad_down_EHD, grad_weights_N
