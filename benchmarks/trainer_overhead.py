@@ -124,10 +124,10 @@ def fit_args(total_steps: int, extra: Sequence[str] = ()) -> list[str]:
     ]
 
 
-def run_fit(total_steps: int, extra: Sequence[str] = ()) -> StepClock:
-    """One ``constellation-kit fit`` in this process (the working directory holds runs/ and mlflow.db)."""
-    cli = _ClockedCLI(args=fit_args(total_steps, extra))
-    return cli.clock
+def run_fit(total_steps: int, extra: Sequence[str] = ()) -> _ClockedCLI:
+    """One ``constellation-kit fit`` in this process (the working directory holds runs/ and mlflow.db);
+    its ``clock`` holds the timings."""
+    return _ClockedCLI(args=fit_args(total_steps, extra))
 
 
 def build_raw_parts(total_steps: int, extra: Sequence[str] = ()) -> tuple[Any, Any]:
@@ -234,7 +234,7 @@ def main() -> None:
     for kind in order:
         load = load_average()
         if kind == "fit":
-            clock_callback = run_fit(total, extra)
+            clock_callback = run_fit(total, extra).clock
             if initial_state is None:
                 initial_state = clock_callback.initial_state
             times, tokens, losses = clock_callback.times, clock_callback.tokens, clock_callback.losses
