@@ -63,6 +63,7 @@ from constellation_kit.data.packing import IGNORE_INDEX  # noqa: E402
 from constellation_kit.model.balance import BalanceLoss  # noqa: E402
 from constellation_kit.model.layout import SequenceLayout  # noqa: E402
 from constellation_kit.model.router import RouterOutput  # noqa: E402
+from constellation_kit.train.moe_terms import BALANCE_KEY  # noqa: E402
 from constellation_kit.train.param_groups import weight_decay_groups  # noqa: E402
 
 TEXT_MODEL = [
@@ -76,7 +77,7 @@ TEXT_MODEL = [
 
 
 class StepClock(Callback):
-    """Records ``time.perf_counter()`` and the step's loss (a tensor, never synced) after every training batch.
+    """Records the time, the step's loss (a tensor, never synced) and its balance values after every training batch.
 
     Also keeps a copy of the network's weights as training starts, so a raw loop can start from them.
     """
@@ -85,6 +86,7 @@ class StepClock(Callback):
         self.times: list[tuple[float, float]] = []
         self.losses: list[torch.Tensor] = []
         self.tokens: list[int] = []
+        self.balance: list[dict[str, torch.Tensor]] = []
         self.initial_state: dict[str, torch.Tensor] | None = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -94,6 +96,7 @@ class StepClock(Callback):
         self.times.append(clock())
         self.tokens.append(batch["tokens"].numel())
         self.losses.append(outputs["loss"].detach() if isinstance(outputs, dict) else outputs.detach())
+        self.balance.append(dict(outputs.get(BALANCE_KEY, {})) if isinstance(outputs, dict) else {})
 
 
 class _ClockedCLI(ConstellationCLI):

@@ -5,7 +5,8 @@ One short ``fit`` through the real CLI (the benchmark's recipe at test sizes) is
 - the benchmark's raw PyTorch loop, from fit's initial weights on the same batches, gives fit's loss
   at every step (so its docstring's list of what fit computes is complete: balance terms, clipping,
   weight-decay groups, schedule);
-- the MoE load telemetry is computed only on the steps the logger writes, and is in MLflow at each;
+- the MoE load telemetry is computed only on the steps the logger writes, and is in MLflow at each, while
+  every step's balance values reach callbacks in the step's outputs;
 - metrics go to MLflow asynchronously (params do not), and all are in the store when fit returns.
 """
 
@@ -65,7 +66,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory):
         cli = benchmark.run_fit(STEPS, TEST_SIZES)
         run_id = cli.trainer.logger.run_id
         history = {key: [m.step for m in tracking_client().get_metric_history(run_id, key)]
-                   for key in ("train/loss", "moe/maxvio", "moe/layer0/cv", "moe/router_z_loss")}
+                   for key in ("train/loss", "train/lr", "moe/maxvio", "moe/layer0/cv", "moe/router_z_loss")}
         yield benchmark, cli.clock, telemetry_calls, writes, history
 
 
@@ -88,6 +89,15 @@ def test_moe_telemetry_is_computed_only_on_the_written_steps_and_written_at_each
     assert history["train/loss"] == written
     assert history["moe/maxvio"] == history["moe/layer0/cv"] == history["moe/router_z_loss"] == written
     assert len(telemetry_calls) == len(written)
+    assert history["train/lr"] == written
+
+
+@pytest.mark.slow
+def test_every_steps_balance_values_reach_callbacks_in_its_outputs(fitted) -> None:
+    benchmark, clock, *_ = fitted
+    assert len(clock.balance) == STEPS
+    for values in clock.balance:  # the values of the step's own routing: the three pieces, all non-zero
+        assert set(values) == {"moe/switch_balance", "moe/router_z_loss", "moe/router_l2"} and all(values.values())
 
 
 @pytest.mark.slow
