@@ -12,6 +12,7 @@ from lightning.pytorch import Callback, Trainer
 
 from constellation_kit.cli import COMMANDS, Command, ConstellationCLI, main
 from constellation_kit.model.attention_backends import _log_choice
+from constellation_kit.train.moe_terms import BALANCE_KEY
 from conftest import REPO, SMALL_DATA, TINY, tracking_client
 
 
@@ -88,7 +89,7 @@ class RecordLossTerms(Callback):
     ``accumulate_grad_batches``; multiplied back here). ``reported``: the loss ``_loss`` returned, which
     ``training_step`` logs as ``train/loss`` (the LM loss, plus ``alignment_weight x`` the alignment loss
     in a multimodal module that has one); ``logged_loss``: ``train/loss`` as logged (the mean over ranks).
-    ``balance``: each balance piece's ``moe/<name>`` as logged this micro-batch; ``coefficients``: the
+    ``balance``: each balance piece's ``moe/<name>`` this micro-batch (from the step's outputs); ``coefficients``: the
     pieces' coefficients, read off the model.
     """
 
@@ -106,10 +107,12 @@ class RecordLossTerms(Callback):
 
     def on_train_batch_end(self, trainer: Trainer, pl_module, outputs, batch: dict, batch_idx: int) -> None:
         logged = trainer.callback_metrics
+        balance = outputs.get(BALANCE_KEY, {}) if isinstance(outputs, dict) else {}
         row = {"step": trainer.global_step, "batch": batch_idx,
                "optimised": float(outputs["loss"]) * trainer.accumulate_grad_batches,
                "reported": self.reported, "logged_loss": float(logged["train/loss"]),
-               "balance": {p.name: float(logged[f"moe/{p.name}"]) for p in pl_module.balance if f"moe/{p.name}" in logged},
+               # this micro-batch's own values: logged ones are refreshed only on the steps the logger writes
+               "balance": {p.name: float(balance[f"moe/{p.name}"]) for p in pl_module.balance if f"moe/{p.name}" in balance},
                "coefficients": {p.name: p.coefficient for p in pl_module.balance}}
         self.reported = None
         with open(f"loss_terms.rank{trainer.global_rank}.jsonl", "a") as f:

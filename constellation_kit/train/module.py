@@ -198,15 +198,44 @@ class LanguageModel(L.LightningModule):
         # sync_dist: the logged value is the global batch's loss at any world size (one scalar
         # all-reduce per step, negligible beside the gradients' collectives).
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)
-        self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
+        written = self._logger_writes_this_step()
+        if written:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         if not routing:
             return loss
         balance, values = moe_terms.balance_terms(self.balance, routing)
         if balance is not None:
             loss = loss + balance
-        # Tensors, not numbers: Lightning converts them (one host sync) only when it writes a log line.
-        self.log_dict({**values, **moe_terms.telemetry(routing)})
-        return {"loss": loss, **moe_terms.step_outputs(routing)}
+        if written:
+            # Tensors, not numbers: Lightning converts them (one host sync) only when it writes a log line.
+            self.log_dict({**values, **moe_terms.telemetry(routing)})
+        # Every micro-batch's balance values also go to callbacks, in the step's outputs.
+        return {"loss": loss, moe_terms.BALANCE_KEY: {k: v.detach() for k, v in values.items()},
+                **moe_terms.step_outputs(routing)}
+
+    def _logger_writes_this_step(self) -> bool:
+        """Whether Lightning will write this training step's logged values to the loggers.
+
+        The MoE metrics are 6 × (MoE layers + 1) load statistics plus the balance values a step, and each
+        ``self.log`` costs Lightning a few hundred microseconds of Python (its result collection copies
+        the metric's metadata): on every step they were 4% of the tiny model's step time on a CPU
+        (``benchmarks/trainer_overhead.py``), for values the logger discards ``log_every_n_steps - 1``
+        times in ``log_every_n_steps``. So they, and ``train/lr``, are computed and logged only on the
+        steps that are written: the question Lightning's own LearningRateMonitor and ThroughputMonitor
+        ask, and no micro-batch but an accumulation's last (whose values Lightning writes). Their
+        ``callback_metrics`` entries are therefore as fresh as the last written step; ``train/loss``
+        (the progress bar's) is logged every step, and a callback that needs every micro-batch's
+        balance values reads them from the step's outputs (:data:`moe_terms.BALANCE_KEY`).
+        """
+        trainer = self._trainer
+        if trainer is None or not trainer.training or trainer.fast_dev_run:
+            return True
+        try:
+            if trainer.fit_loop._should_accumulate():
+                return False
+            return trainer._logger_connector.should_update_logs
+        except AttributeError:  # a Lightning without these internals: log every step, as before
+            return True
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> dict | None:
         loss, routing, logits = self._loss(batch)

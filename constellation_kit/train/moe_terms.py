@@ -17,6 +17,8 @@ LOAD_KEY = "moe_tokens_per_expert"
 """Key of the (L, E) per-expert token counts in training/validation step outputs (callbacks read it)."""
 LAYERS_KEY = "moe_layers"
 """Key of the MoE layers' indices, in the same order as the rows of the counts."""
+BALANCE_KEY = "moe_balance"
+"""Key of the micro-batch's balance values in training step outputs: ``{"moe/<name>": value}``, unscaled."""
 
 
 def routing_layers(aux: Sequence[tuple[int, Any]]) -> list[tuple[int, RouterOutput]]:

@@ -203,13 +203,15 @@ class MultimodalLanguageModel(LanguageModel):
 
         A blank is counted in the loader worker that made it, whose counters die with it, so the
         count rides in the batch (``media_skipped``). The setup scan's skips, the same on every rank,
-        are added by rank 0 alone. One all-reduce of a (len(SKIP_REASONS),) vector per step, beside
-        the loss's.
+        are added by rank 0 alone. One all-reduce of a (len(SKIP_REASONS),) vector per written log step
+        (every rank agrees which those are).
         """
         skipped = batch.get("media_skipped")
         if skipped is None:
             return
         self._skipped_here = skipped if self._skipped_here is None else self._skipped_here + skipped
+        if not self._logger_writes_this_step():  # a running total: only the written steps need it
+            return
         total = self._skipped_here.clone()
         datamodule = getattr(self.trainer, "datamodule", None)
         scanned = getattr(datamodule, "scan_skipped", None)

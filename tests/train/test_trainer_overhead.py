@@ -1,0 +1,111 @@
+"""benchmarks/trainer_overhead.py compares like with like, and the fit path's logging stays cheap.
+
+One short ``fit`` through the real CLI (the benchmark's recipe at test sizes) is shared by the tests:
+
+- the benchmark's raw PyTorch loop, from fit's initial weights on the same batches, gives fit's loss
+  at every step (so its docstring's list of what fit computes is complete: balance terms, clipping,
+  weight-decay groups, schedule);
+- the MoE load telemetry is computed only on the steps the logger writes, and is in MLflow at each, while
+  every step's balance values reach callbacks in the step's outputs;
+- metrics go to MLflow asynchronously (params do not), and all are in the store when fit returns.
+"""
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import torch
+
+from conftest import REPO, enter_run_directory, tracking_client
+from constellation_kit.train import moe_terms
+
+STEPS = 4
+LOG_EVERY = 2
+TEST_SIZES = [
+    "--data.init_args.source.init_args.max_documents=40",
+    "--data.init_args.tokenizer.init_args.vocab_size=512",
+    "--data.init_args.seq_len=32",
+    "--data.init_args.global_batch_size=4",
+    "--data.init_args.val_fraction=0.2",
+    "--trainer.limit_val_batches=0",       # no validation: this is about training steps
+    f"--trainer.log_every_n_steps={LOG_EVERY}",
+    "--trainer.logger.init_args.system_metrics_interval=null",
+]
+
+
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("trainer_overhead", REPO / "benchmarks" / "trainer_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def fitted(tmp_path_factory: pytest.TempPathFactory):
+    """The benchmark's fit for ``STEPS`` steps, counting telemetry calls and MLflow batch writes."""
+    benchmark = load_benchmark()
+    telemetry_calls: list[int] = []
+    writes: list[dict] = []
+    telemetry, log_batch = moe_terms.telemetry, mlflow.MlflowClient.log_batch
+
+    def counting_telemetry(layers):
+        telemetry_calls.append(1)
+        return telemetry(layers)
+
+    def recording_log_batch(self, run_id, metrics=(), params=(), tags=(), synchronous=None):
+        writes.append({"metrics": bool(metrics), "params": bool(params), "synchronous": synchronous})
+        return log_batch(self, run_id, metrics=metrics, params=params, tags=tags, synchronous=synchronous)
+
+    with pytest.MonkeyPatch.context() as patch:
+        enter_run_directory(patch, tmp_path_factory.mktemp("trainer-overhead"))
+        patch.setattr(moe_terms, "telemetry", counting_telemetry)
+        patch.setattr(mlflow.MlflowClient, "log_batch", recording_log_batch)
+        cli = benchmark.run_fit(STEPS, TEST_SIZES)
+        run_id = cli.trainer.logger.run_id
+        history = {key: [m.step for m in tracking_client().get_metric_history(run_id, key)]
+                   for key in ("train/loss", "train/lr", "moe/maxvio", "moe/layer0/cv", "moe/router_z_loss")}
+        yield benchmark, cli.clock, telemetry_calls, writes, history
+
+
+@pytest.mark.slow
+def test_the_raw_loop_computes_fits_loss_at_every_step(fitted) -> None:
+    benchmark, clock, *_ = fitted
+    times, tokens, raw_losses = benchmark.run_raw(STEPS, clock.initial_state, TEST_SIZES)
+    fit_losses = torch.stack(clock.losses)
+    assert len(raw_losses) == len(fit_losses) == STEPS and tokens == clock.tokens == [4 * 32] * STEPS
+    # The same float32 ops in the same order: equal to rounding. A missing balance term (router L2 x 1e-3
+    # alone is ~1e-4 of the loss), clipping or schedule step moves a loss by far more than 1e-5.
+    torch.testing.assert_close(torch.stack(raw_losses), fit_losses, rtol=1e-5, atol=0.0)
+    assert len({round(float(x), 4) for x in fit_losses}) == STEPS  # it trained: four different losses
+
+
+@pytest.mark.slow
+def test_moe_telemetry_is_computed_only_on_the_written_steps_and_written_at_each(fitted) -> None:
+    *_, telemetry_calls, _, history = fitted
+    written = list(range(LOG_EVERY - 1, STEPS, LOG_EVERY))  # Lightning writes after steps 2, 4: logged as 1, 3
+    assert history["train/loss"] == written
+    assert history["moe/maxvio"] == history["moe/layer0/cv"] == history["moe/router_z_loss"] == written
+    assert len(telemetry_calls) == len(written)
+    assert history["train/lr"] == written
+
+
+@pytest.mark.slow
+def test_every_steps_balance_values_reach_callbacks_in_its_outputs(fitted) -> None:
+    benchmark, clock, *_ = fitted
+    assert len(clock.balance) == STEPS
+    for values in clock.balance:  # the values of the step's own routing: the three pieces, all non-zero
+        assert set(values) == {"moe/switch_balance", "moe/router_z_loss", "moe/router_l2"} and all(values.values())
+
+
+@pytest.mark.slow
+def test_metrics_are_written_asynchronously_and_params_are_not(fitted) -> None:
+    *_, writes, history = fitted
+    metric_writes = [w for w in writes if w["metrics"]]
+    param_writes = [w for w in writes if w["params"]]
+    assert metric_writes and param_writes
+    assert all(w["synchronous"] is False for w in metric_writes)
+    assert all(w["synchronous"] is not False for w in param_writes)
+    assert history["train/loss"]  # and yet in the store by the time fit returned
