@@ -1,8 +1,10 @@
 """Time `constellation-kit fit --config recipes/tiny.yaml` end to end and read its curve back from MLflow.
 
-    python benchmarks/tiny_run.py [--workdir DIR] [extra CLI args...]
+    python benchmarks/tiny_run.py [--workdir DIR] [--cold] [extra CLI args...]
 
-Runs the console script in a fresh working directory (so MLflow starts empty), then prints the
+Runs this checkout's CLI (``python -m constellation_kit.cli``, not whichever install the console script
+points at) in a fresh working directory (so MLflow starts empty); ``--cold`` gives it an empty
+``$CONSTELLATION_KIT_CACHE`` (no tokenizer, token or media cache: a fresh clone's first run). It prints the
 wall time, the val/loss curve and, as the last line, one JSON object with
 ``wall_s``, ``val_loss_first``, ``val_loss_last``, ``val_loss_ratio`` (last / first) and
 ``val_loss_ratio_from_first_interval`` (last / the first value after training began), and the
@@ -11,6 +13,7 @@ first and last value of every ``val/*_acc`` metric the run logged.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -25,12 +28,16 @@ REPO = Path(__file__).resolve().parents[1]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--workdir", type=Path, default=None, help="where runs/ and mlflow.db go (default: a temp dir)")
+    parser.add_argument("--cold", action="store_true", help="an empty data cache, as on a fresh clone's first run")
     args, extra = parser.parse_known_args()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="tiny-run-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    command = ["constellation-kit", "fit", "--config", str(REPO / "recipes" / "tiny.yaml"), *extra]
+    command = [sys.executable, "-m", "constellation_kit.cli", "fit", "--config", str(REPO / "recipes" / "tiny.yaml"), *extra]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
+    if args.cold:
+        env["CONSTELLATION_KIT_CACHE"] = str(workdir / "cache")
     start = time.perf_counter()
-    subprocess.run(command, cwd=workdir, check=True)
+    subprocess.run(command, cwd=workdir, env=env, check=True)
     wall = time.perf_counter() - start
 
     client = mlflow.MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
