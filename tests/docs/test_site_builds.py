@@ -14,7 +14,8 @@ from conftest import REPO
 def test_mkdocs_strict_build_passes_and_holds_every_page(tmp_path) -> None:
     site = tmp_path / "site"
     env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}  # Material's banner about MkDocs 2.0, not a warning of ours
-    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--quiet", "--site-dir", str(site)],
+    # Not --quiet: it raises the log level above the warnings --strict counts, so a broken link would pass.
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(site)],
                             cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     pages = {p.stem for p in (REPO / "docs").glob("*.md")} - {"README", "index"}

@@ -282,7 +282,7 @@ def test_every_fence_names_its_language_and_every_mark_its_reason() -> None:
             assert len(block.mark.split(":", 1)[-1].strip()) > 5, f"{block.id}: a mark without its reason"
 
 
-@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(REPO)))
 def test_every_block_of_the_page_runs_or_parses(page: Path, cli_parser: ParseOnly, store_with_runs: Path,
                                                 tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     workdir = enter_run_directory(monkeypatch, page_directory(tmp_path))
