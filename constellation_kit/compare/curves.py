@@ -30,9 +30,17 @@ def plot_curves(runs: list[RunSummary], metrics: list[str], path: Path, title: s
         axis.set_title(metric)
         axis.set_xlabel("step")
         axis.grid(alpha=0.3)
-    axes[0][0].legend(fontsize="small")
+    # One legend for all panels, below them: inside a panel it hides the curves once there are a few runs.
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for axis in axes[0][1:]:
+        more = axis.get_legend_handles_labels()
+        handles += [h for h, label in zip(*more) if label not in labels]
+        labels += [label for label in more[1] if label not in labels]
+    columns = min(len(labels), 3 if len(drawn) == 1 else 5)
+    rows = -(-len(labels) // columns)
+    figure.legend(handles, labels, loc="lower center", ncol=columns, fontsize="small", frameon=False)
     figure.suptitle(title)
-    figure.tight_layout()
+    figure.tight_layout(rect=(0, 0.05 + 0.045 * rows, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=120)
     plt.close(figure)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
-from constellation_kit.compare.config_diff import differing_keys, short_key, short_value
+from constellation_kit.compare.config_diff import differing_keys, section_value, short_key, short_value
 from constellation_kit.compare.runs import RunSummary
 
 
@@ -72,7 +72,7 @@ def comparison_table(runs: list[RunSummary], metrics: list[str]) -> ComparisonTa
     headers += ["tokens/s", "wall time"]
     rows = []
     for run in runs:
-        row = [run.name, run.status, *(short_value(run.params.get(key)) for key in keys)]
+        row = [run.name, run.status, *(short_value(section_value(run.params, key)) for key in keys)]
         for metric in metrics:
             row += [number(run.final(metric)), number(run.best(metric))]
         row += [number(run.tokens_per_second(), digits=0), duration(run.wall_seconds)]
