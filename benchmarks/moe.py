@@ -22,9 +22,11 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import this checkout's kit
 from constellation_kit.model import GroupedMMDispatch, LoopDispatch, MoEFeedForward, SwiGLU, TopKRouter
 
 SHAPES = {

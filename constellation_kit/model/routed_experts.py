@@ -1,7 +1,7 @@
 """All routed SwiGLU experts of one MoE layer as one custom operator, gather and scatter fused in.
 
 Shape legend: ``T`` tokens, ``D`` model width, ``E`` experts, ``H`` expert hidden width, ``N`` token
-copies sorted by expert (``T·K`` when dropless), ``P`` worker threads.
+copies sorted by expert (``T·K`` when dropless).
 
 For token copy ``n`` of token ``t = token_N[n]``, routed to expert ``e`` with combine weight ``w_n``::
 
@@ -20,12 +20,10 @@ same with the output gradient. The only (N, ·) tensor is the (N, 2H) gate/up ac
 backward needs, the one a dense SwiGLU of the same active width keeps too. The sort by expert
 (``token_N``, ``offsets_E``) is computed once per layer by the dispatcher and reused by the backward.
 
-Experts run in parallel, not each matmul: the groups are split into ``P = min(threads, E)``
-contiguous ranges of about equal row counts (``threads = torch.get_num_threads()``), one per worker
-thread with ``threads // P`` intra-op threads of its own, each summing into its own (T, D)
-accumulator; the accumulators are added in a fixed order, so results do not depend on timing. Why (measured, ``benchmarks/RESULTS.md``, issue 15): 64 small expert matmuls, each split
-over 2 threads, cost 2.6x one dense matmul of the same FLOPs on a busy 2-core machine, because
-every small matmul waits for both threads; across groups the threads meet once per call.
+Experts run one after another on the calling thread, each matmul on its intra-op threads. A pool of
+one-thread workers, one per range of experts, looked faster on a busy machine, but on a quiet one it
+lost: 1.52x dense at the fine shape against 1.25x inline, and the tiny recipe's steps ran 1.7 against
+2.8 per second (OpenMP teams spinning beside the workers; ``benchmarks/RESULTS.md``, issue 15).
 
 On CUDA (sm90+, bf16, 16-byte-aligned widths) the operator runs the grouped kernel
 ``torch._grouped_mm`` on the materialised copies instead: one kernel per projection beats a Python
@@ -36,9 +34,8 @@ The operator has a fake kernel (shapes only) and an autograd formula that is a s
 operator, so a compiled block keeps one graph with the routed experts as one extern call each way.
 """
 
-import os
-import threading
-from concurrent.futures import ThreadPoolExecutor
+import contextlib
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -147,14 +144,17 @@ def _backward(ctx, grad_TD, _grad_gate_up):
 routed_experts.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _plain_compute(x: torch.Tensor):
-    # Autocast does not reach a private op's insides consistently (worker threads do not inherit
-    # it): the caller casts, and everything in here runs in the dtype it is given.
-    return torch.autocast(device_type=x.device.type, enabled=False)
+@contextlib.contextmanager
+def _plain_compute(x: torch.Tensor) -> Iterator[None]:
+    # Autocast does not reach a private op's insides consistently: the caller casts, and everything
+    # in here runs in the dtype it is given. No grad mode either: the weights require grad, and a
+    # recorded graph would refuse the out= writes.
+    with torch.autocast(device_type=x.device.type, enabled=False), torch.no_grad():
+        yield
 
 
 # ---------------------------------------------------------------------------------------------
-# Loop kernel: per-expert blocks, experts spread over threads.
+# Loop kernel: per-expert blocks, in cache, on the calling thread's intra-op threads.
 
 
 def _loop_forward(x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E):
@@ -181,7 +181,7 @@ def _loop_forward(x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E):
             y_TD.index_add_(0, token_n, y_nD)
         return y_TD
 
-    return _sum(_run_partitions(run, bounds)), gate_up_N2H
+    return run(range(len(bounds) - 1)), gate_up_N2H
 
 
 def _loop_backward(grad_TD, x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, offsets_E, gate_up_N2H):
@@ -220,83 +220,8 @@ def _loop_backward(grad_TD, x_TD, gate_up_EDH2, down_EHD, weights_N, token_N, of
             grad_x_TD.index_add_(0, token_n, torch.mm(grad_gate_up_n2H, gate_up_EDH2[e].t()))
         return grad_x_TD
 
-    grad_x_TD = _sum(_run_partitions(run, bounds))
+    grad_x_TD = run(range(len(bounds) - 1))
     return grad_x_TD, grad_gate_up_EDH2, grad_down_EHD, grad_weights_N
-
-
-_pools: dict[tuple[int, int, int], ThreadPoolExecutor] = {}
-
-
-def _executor(workers: int, threads_each: int) -> ThreadPoolExecutor:
-    """A pool of ``workers`` threads, each running its torch ops on ``threads_each`` threads.
-
-    Each worker needs its own, smaller intra-op thread count, or its ops would fan out over every
-    core again (OpenMP and MKL size a new thread's team from the process default) and the
-    workers' teams would fight over the cores. ``torch.set_num_threads`` is the only handle on a
-    thread's own OpenMP and MKL counts, and it also overwrites the process default that threads
-    created later start from; so every worker sets it once, all at once while the pool is built,
-    and the caller restores the default right after.
-    """
-    key = (os.getpid(), workers, threads_each)  # a forked child (a loader worker) inherits no threads
-    if key not in _pools:
-        if any(pid != os.getpid() for pid, _, _ in _pools):
-            _pools.clear()  # the parent's: their threads do not exist here
-        threads = torch.get_num_threads()
-        ready = threading.Barrier(workers + 1, timeout=60)
-
-        def set_threads() -> None:
-            torch.set_num_threads(threads_each)
-            ready.wait()
-
-        pool = ThreadPoolExecutor(workers, thread_name_prefix="routed-experts", initializer=set_threads)
-        for _ in range(workers):
-            pool.submit(int)  # start every thread now: each waits in the barrier, so none is reused
-        ready.wait()
-        torch.set_num_threads(threads)
-        _pools[key] = pool
-    return _pools[key]
-
-
-def _partitions(bounds: list[int], parts: int) -> list[range]:
-    """Split experts ``0..E-1`` into at most ``parts`` contiguous ranges of about equal row counts."""
-    num_experts, total = len(bounds) - 1, bounds[-1]
-    cuts, e = [0], 0
-    for p in range(1, parts):
-        while e < num_experts and bounds[e + 1] <= total * p / parts:
-            e += 1
-        if e > cuts[-1]:
-            cuts.append(e)
-    cuts.append(num_experts)
-    return [range(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-
-
-def _run_partitions(run, bounds: list[int]) -> list[torch.Tensor]:
-    """``run(experts)`` over contiguous expert ranges, one per worker thread; returns their results in order.
-
-    With one intra-op thread, or one expert, everything runs inline on this thread.
-    """
-    threads = torch.get_num_threads()
-    workers = min(threads, len(bounds) - 1)
-    parts = _partitions(bounds, workers)
-    # Worker threads inherit no thread-local state: no autocast (nothing here wants it), and grad
-    # mode on, which would record a graph for the weights (they require grad) and refuse out=.
-    inference = torch.is_inference_mode_enabled()
-
-    def guarded(experts: range) -> torch.Tensor:
-        with torch.inference_mode() if inference else torch.no_grad():
-            return run(experts)
-
-    if len(parts) == 1:
-        return [guarded(parts[0])]
-    pool = _executor(workers, max(threads // workers, 1))
-    return [future.result() for future in [pool.submit(guarded, part) for part in parts]]
-
-
-def _sum(partials: list[torch.Tensor]) -> torch.Tensor:
-    total = partials[0]
-    for partial in partials[1:]:  # fixed order: the same sum whatever the threads' timing
-        total += partial
-    return total
 
 
 # ---------------------------------------------------------------------------------------------

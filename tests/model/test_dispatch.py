@@ -1,8 +1,8 @@
 """Every dispatcher against a per-token reference written here: outputs and every gradient, fp32.
 
 ``GroupedMMDispatch`` runs the fused operator ``constellation::routed_experts``; on CPU its loop
-kernel, which spreads experts over worker threads, so the tests pin the thread count (the pool is
-only used with 2 or more) and also force the grouped kernel (``torch._grouped_mm``, what CUDA runs).
+kernel, at 1, 2 and 3 intra-op threads (results must not depend on them), and also the grouped
+kernel forced (``torch._grouped_mm``, what CUDA runs).
 """
 
 import contextlib
@@ -78,8 +78,8 @@ def threads(count: int):
         torch.set_num_threads(before)
 
 
-# (dispatcher, kernel of the fused operator, intra-op threads): the loop kernel inline (1 thread),
-# on 2 and 3 worker threads (uneven expert ranges), and the grouped kernel.
+# (dispatcher, kernel of the fused operator, intra-op threads): the loop kernel at 1, 2 and 3
+# threads, and the grouped kernel.
 VARIANTS = [
     (LoopDispatch, None, 2),
     (GroupedMMDispatch, "loop", 1),
@@ -186,7 +186,7 @@ def test_loop_and_grouped_kernels_agree_and_zero_empty_experts() -> None:
         assert torch.count_nonzero(result[2][[0, 4]]) == 0 and torch.count_nonzero(result[3][[0, 4]]) == 0
 
 
-def test_inference_mode_runs_the_worker_threads() -> None:
+def test_inference_mode_gives_the_no_grad_output() -> None:
     layer = make_layer(6, 2, GroupedMMDispatch())
     x = torch.randn(32, 8)
     with threads(2):
