@@ -48,7 +48,10 @@ def seeded(*key: int) -> Iterator[None]:
     state = random.getstate()
     with torch.random.fork_rng(devices=[]):
         random.seed(seed)
-        torch.manual_seed(seed)
+        # The CPU generator alone, which is all fork_rng(devices=[]) restores: torch.manual_seed would
+        # also reseed every accelerator's generator (left changed on the way out) and, on a CUDA
+        # build, queue a lazy seed call with its captured stack each time (half a batch's load time).
+        torch.default_generator.manual_seed(seed)
         try:
             yield
         finally:
