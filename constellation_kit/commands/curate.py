@@ -7,9 +7,14 @@ import os
 from jsonargparse import ArgumentParser, Namespace
 
 from constellation_kit.cli import Command, ConstellationCLI, register_command
-from constellation_kit.data.curation import Curation
+from constellation_kit.extras import missing_modules, require_extra
 
-CURATION_FIELDS = [name for name in inspect.signature(Curation).parameters]
+# datatrove is the 'curate' extra: without it the command is still listed, and says how to install it.
+INSTALLED = not missing_modules("curate")
+if INSTALLED:
+    from constellation_kit.data.curation import Curation
+
+    CURATION_FIELDS = [name for name in inspect.signature(Curation).parameters]
 
 
 def add_arguments(parser: ArgumentParser) -> None:
@@ -23,10 +28,11 @@ def add_arguments(parser: ArgumentParser) -> None:
                         help="MLflow tracking URI to log the report to (default: MLFLOW_TRACKING_URI, if set)")
     parser.add_argument("--overwrite", type=bool, default=False,
                         help="delete a curation of other inputs or settings found in --output and start again")
-    parser.add_class_arguments(Curation, None)
+    if INSTALLED:
+        parser.add_class_arguments(Curation, None)
 
 
-def build_curation(config: Namespace) -> Curation:
+def build_curation(config: Namespace) -> "Curation":
     """Instantiate :class:`Curation` (its filters and dedup settings) from the parsed options."""
     parser = ArgumentParser()
     parser.add_class_arguments(Curation, "curation")
@@ -35,6 +41,7 @@ def build_curation(config: Namespace) -> Curation:
 
 
 def run(config: Namespace, cli: ConstellationCLI) -> None:
+    require_extra("curate", "constellation-kit curate")
     tracking_uri = config.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
     report = build_curation(config).run(config.input, config.output, config.tokenizer, tracking_uri, config.overwrite)
     if report is not None:
@@ -43,7 +50,8 @@ def run(config: Namespace, cli: ConstellationCLI) -> None:
 
 register_command(Command(
     name="curate",
-    help="Deduplicate, quality-filter and tokenise raw text, JSONL, Parquet and media manifests into shards.",
+    help="Deduplicate, quality-filter and tokenise raw text, JSONL, Parquet and media manifests into shards."
+    + ("" if INSTALLED else ' (needs the curate extra: pip install -e ".[curate]")'),
     add_arguments=add_arguments,
     run=run,
 ))

@@ -6,9 +6,16 @@ from typing import Literal
 from jsonargparse import ArgumentParser, Namespace
 
 from constellation_kit.cli import Command, ConstellationCLI, register_command
-from constellation_kit.data.curation.inputs import list_input_files
-from constellation_kit.data.curation.reader import CurationReader
-from constellation_kit.data.curation.tokenizer import SPECIAL_TOKENS, train_tokenizer
+from constellation_kit.data.tokenizer import SPECIAL_TOKENS
+from constellation_kit.extras import missing_modules, require_extra
+
+# Files are read as curate reads them, with datatrove (the 'curate' extra): without it the command
+# is still listed, and says how to install it.
+INSTALLED = not missing_modules("curate")
+if INSTALLED:
+    from constellation_kit.data.curation.inputs import list_input_files
+    from constellation_kit.data.curation.reader import CurationReader
+    from constellation_kit.data.curation.tokenizer import train_tokenizer
 
 
 def add_arguments(parser: ArgumentParser) -> None:
@@ -30,6 +37,7 @@ def texts(files: list[str], text_keys: list[str]) -> Iterator[str]:
 
 
 def run(config: Namespace, cli: ConstellationCLI) -> None:
+    require_extra("curate", "constellation-kit tokenizer train")
     options = config
     files = list_input_files(options.input)
     tokenizer = train_tokenizer(texts(files, options.text_keys), options.vocab_size, options.output, options.special_tokens)
@@ -39,7 +47,8 @@ def run(config: Namespace, cli: ConstellationCLI) -> None:
 
 register_command(Command(
     name="tokenizer",
-    help="Tokenizer tools: `tokenizer train` trains the byte-level BPE the recipes use.",
+    help="Tokenizer tools: `tokenizer train` trains the byte-level BPE the recipes use."
+    + ("" if INSTALLED else ' (needs the curate extra: pip install -e ".[curate]")'),
     add_arguments=add_arguments,
     run=run,
 ))

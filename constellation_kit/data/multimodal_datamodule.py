@@ -37,13 +37,11 @@ from constellation_kit.data.packing import PackedDataset, pack_documents
 from constellation_kit.data.sampler import ResumableSampler
 from constellation_kit.data.sources import DocumentSource, PythonStdlibSource
 from constellation_kit.data.text_datamodule import TextDataModule
-from constellation_kit.data.tokenizer import END_OF_TEXT, ByteLevelBPE
+from constellation_kit.data.tokenizer import AUDIO_TOKEN, END_OF_TEXT, IMAGE_TOKEN, ByteLevelBPE
 from constellation_kit.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
-IMAGE_TOKEN = "<|image|>"
-AUDIO_TOKEN = "<|audio|>"
 PLACEHOLDERS = {"image": IMAGE_TOKEN, "audio": AUDIO_TOKEN}
 
 

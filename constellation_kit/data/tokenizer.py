@@ -13,6 +13,13 @@ from constellation_kit.errors import ConfigError
 log = logging.getLogger(__name__)
 
 END_OF_TEXT = "<|endoftext|>"
+IMAGE_TOKEN = "<|image|>"
+AUDIO_TOKEN = "<|audio|>"
+PAD_TOKEN = "<|pad|>"
+SPECIAL_TOKENS = [END_OF_TEXT, IMAGE_TOKEN, AUDIO_TOKEN, PAD_TOKEN]
+"""Ids 0-3, in this order, of a tokenizer trained by ``constellation-kit tokenizer train`` or ``curate``.
+The first three are the recipes' own list (``tiny.yaml``, ``xl.yaml``), so a trained tokenizer keeps the
+ids those recipes already use; padding comes last, after them."""
 
 
 class ByteLevelBPE:

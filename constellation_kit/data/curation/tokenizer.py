@@ -10,15 +10,8 @@ from datatrove.data import DocumentsPipeline
 from datatrove.pipeline.base import PipelineStep
 from tokenizers import Tokenizer
 
-from constellation_kit.data.tokenizer import END_OF_TEXT, ByteLevelBPE
+from constellation_kit.data.tokenizer import END_OF_TEXT, SPECIAL_TOKENS, ByteLevelBPE
 from constellation_kit.errors import ConfigError
-
-IMAGE_TOKEN = "<|image|>"
-AUDIO_TOKEN = "<|audio|>"
-PAD_TOKEN = "<|pad|>"
-SPECIAL_TOKENS = [END_OF_TEXT, IMAGE_TOKEN, AUDIO_TOKEN, PAD_TOKEN]
-"""Ids 0-3, in this order. The first three are the recipes' own list (``tiny.yaml``, ``xl.yaml``), so a
-trained tokenizer keeps the ids those recipes already use; padding comes last, after them."""
 
 
 def train_tokenizer(texts: Iterable[str], vocab_size: int, output: str | Path,
