@@ -142,6 +142,14 @@ def assert_loss_is_reported_loss_plus_balance(records: list[dict], moe: bool) ->
         assert difference == pytest.approx(expected, rel=1e-4, abs=2e-6), record
 
 
+def test_bf16_mixed_clips_gradients_with_base_yamls_optimizer(in_tmp_dir: Path) -> None:
+    # small.yaml and xl.yaml train in bf16-mixed with base.yaml's AdamW and gradient clipping: Lightning
+    # refuses to clip for an optimizer that unscales gradients itself (fused=True), at the first step.
+    cli = fit("--trainer.precision=bf16-mixed", "--trainer.max_steps=1", "--trainer.limit_val_batches=1")
+    assert cli.trainer.global_step == 1
+    assert cli.trainer.gradient_clip_val == 1.0
+
+
 def test_fit_two_steps_then_resume_continues_exactly(in_tmp_dir: Path) -> None:
     common = ["--trainer.max_steps=4", "--trainer.log_every_n_steps=1", "--trainer.limit_val_batches=2",
               "--trainer.val_check_interval=2"]
