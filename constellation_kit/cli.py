@@ -7,8 +7,11 @@ The kit's own commands (``plan``, ``compare``, ...) register a :class:`Command` 
 :data:`COMMANDS`; a command that reads a recipe gets the same ``--config`` handling.
 """
 
+import atexit
 import logging
+import os
 import sys
+import threading
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -317,6 +320,31 @@ def main(args: list[str] | None = None) -> None:
         raise SystemExit(2) from None
 
 
+def console_main() -> None:
+    """The ``constellation-kit`` console script: :func:`main`, then an exit that skips module teardown.
+
+    After ``main`` the work is done and every file closed (checkpoints are renamed into place, MLflow's
+    queue drained and the run ended); what remains of an ordinary exit is the interpreter tearing down
+    the thousands of modules torch, Lightning, MLflow and timm loaded: 2.6 s after a tiny fit on 2
+    cores, 1.7 s after ``--help``. So the exit handlers run (logging and MLflow flush there), the
+    standard streams are flushed and the process ends with ``os._exit``. An exception, or a thread
+    the interpreter would wait for, takes the ordinary exit instead.
+    """
+    try:
+        main()
+        code = 0
+    except SystemExit as exit_:  # --help, --print_config and the one-line config errors end here
+        if exit_.code is not None and not isinstance(exit_.code, int):
+            raise
+        code = exit_.code or 0
+    if any(t.is_alive() and not t.daemon for t in threading.enumerate() if t is not threading.main_thread()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        stream.flush()
+    os._exit(code)
+
+
 def _config_error_in(error: BaseException) -> ConfigError | None:
     """The :class:`ConfigError` ``error`` is or wraps, if any.
 
@@ -336,6 +364,6 @@ def _config_error_in(error: BaseException) -> ConfigError | None:
 if __name__ == "__main__":
     # `python -m constellation_kit.cli` runs this file as __main__, a second copy of the module:
     # call the canonical one, whose COMMANDS registry the subcommands fill.
-    from constellation_kit.cli import main as canonical_main
+    from constellation_kit.cli import console_main
 
-    canonical_main()
+    console_main()

@@ -3,6 +3,7 @@
 import json
 import os
 import subprocess
+import sys
 from importlib import metadata
 from pathlib import Path
 
@@ -140,6 +141,27 @@ def assert_loss_is_reported_loss_plus_balance(records: list[dict], moe: bool) ->
         assert record["balance"].keys() == record["coefficients"].keys() and any(record["balance"].values()), record
         expected = sum(c * record["balance"][name] for name, c in record["coefficients"].items())
         assert difference == pytest.approx(expected, rel=1e-4, abs=2e-6), record
+
+
+def test_the_console_script_runs_exit_handlers_and_keeps_the_exit_code(tmp_path: Path) -> None:
+    # console_main skips module teardown with os._exit: the atexit handlers (logging, MLflow) must still
+    # run, and a command's exit status (2 for a config error, 0 for --help) must still reach the shell.
+    marker = tmp_path / "handler_ran"
+    script = f"""
+import atexit
+from pathlib import Path
+import constellation_kit.cli as cli
+
+def main():
+    atexit.register(Path({str(marker)!r}).write_text, "yes")
+    raise SystemExit(3)
+
+cli.main = main
+cli.console_main()
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 3, result.stderr[-2000:]
+    assert marker.read_text() == "yes"
 
 
 def test_bf16_mixed_clips_gradients_with_base_yamls_optimizer(in_tmp_dir: Path) -> None:
