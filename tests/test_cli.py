@@ -167,7 +167,9 @@ cli.console_main()
 def test_bf16_mixed_clips_gradients_with_base_yamls_optimizer(in_tmp_dir: Path) -> None:
     # small.yaml and xl.yaml train in bf16-mixed with base.yaml's AdamW and gradient clipping: Lightning
     # refuses to clip for an optimizer that unscales gradients itself (fused=True), at the first step.
-    cli = fit("--trainer.precision=bf16-mixed", "--trainer.max_steps=1", "--trainer.limit_val_batches=1")
+    # (tiny trains in fp32 with a fused AdamW; here it takes base.yaml's settings back.)
+    base_optimizer = ["--model.init_args.optimizer.init_args.fused=false", "--model.init_args.optimizer.init_args.foreach=true"]
+    cli = fit("--trainer.precision=bf16-mixed", "--trainer.max_steps=1", "--trainer.limit_val_batches=1", *base_optimizer)
     assert cli.trainer.global_step == 1
     assert cli.trainer.gradient_clip_val == 1.0
 
