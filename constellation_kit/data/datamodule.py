@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader
 
 from constellation_kit.data.batching import micro_batch_size
 from constellation_kit.data.sampler import ResumableSampler
-from constellation_kit.data.seeded_loader import SeededLoader
+from constellation_kit.data.seeded_loader import SeededLoader, own_generator
 from constellation_kit.data.splits import is_validation
 from constellation_kit.errors import ConfigError
 
@@ -125,7 +125,10 @@ class SampledDataModule(DataModule):
 
     def _loader(self, dataset, sampler: ResumableSampler, drop_last: bool, seeded: bool = False) -> DataLoader:
         # seeded (training): worker seeds from (seed, rank, epoch), so a resume gets the straight run's.
-        kwargs = {"seed": self.seed, "rank": self._rank_and_world()[0]} if seeded else {}
+        # Otherwise (validation) the loader's own generator: a plain DataLoader draws each iterator's worker
+        # seed from the global torch generator, so every validation would move the dropout masks after it
+        # and a run resumed past a validation it skips would leave the straight run's trajectory.
+        kwargs = {"seed": self.seed, "rank": self._rank_and_world()[0]} if seeded else {"generator": own_generator(self.seed)}
         return (SeededLoader if seeded else DataLoader)(
             dataset,
             batch_size=self.micro_batch_size,

@@ -38,6 +38,7 @@ from constellation_kit.data.sampler import ResumableSampler
 from constellation_kit.data.sources import DocumentSource, PythonStdlibSource
 from constellation_kit.data.text_datamodule import TextDataModule
 from constellation_kit.data.tokenizer import AUDIO_TOKEN, END_OF_TEXT, IMAGE_TOKEN, ByteLevelBPE
+from constellation_kit.data.seeded_loader import own_generator
 from constellation_kit.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -400,4 +401,5 @@ class MultimodalDataModule(TextDataModule):
             collate_fn=partial(
                 collate_grounding, pad_id=self.eos_id, placeholder_ids=self.placeholder_ids, blanks=self._blanks()
             ),
+            generator=own_generator(self.seed),  # not the global stream: validation must not move training's RNG
         )

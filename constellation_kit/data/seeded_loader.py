@@ -13,6 +13,11 @@ def worker_base_seed(seed: int, rank: int, epoch: int) -> int:
     return int.from_bytes(digest, "little") >> 1  # a non-negative int64, as torch's own draw is
 
 
+def own_generator(seed: int) -> torch.Generator:
+    """A generator for a loader that must not draw from the global torch stream (validation loaders)."""
+    return torch.Generator().manual_seed(seed)
+
+
 class SeededLoader(DataLoader):
     """A DataLoader that seeds its iterator from ``(seed, rank, epoch)``.
 

@@ -23,6 +23,7 @@ from constellation_kit.data.streaming_dataset import (
     drop_stream_state,
 )
 from constellation_kit.data.tokenizer import END_OF_TEXT, ByteLevelBPE
+from constellation_kit.data.seeded_loader import own_generator
 from constellation_kit.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,8 @@ class StreamingDataModule(DataModule):
 
     def val_dataloader(self) -> DataLoader:
         rank, world_size = self._rank_and_world()
-        return DataLoader(ValidationStream(self._spec("val", self.micro_batch_size), rank, world_size), batch_size=None)
+        return DataLoader(ValidationStream(self._spec("val", self.micro_batch_size), rank, world_size), batch_size=None,
+                          generator=own_generator(self.seed))  # not the global stream: see TextDataModule._loader
 
     # -- resume --------------------------------------------------------------------------------
 

@@ -314,3 +314,17 @@ def test_the_cached_scan_is_redone_when_a_file_changes(user_manifest: Path) -> N
     (user_manifest.parent / "img3.jpg").write_bytes(b"no longer a picture")
     changed = datamodule(manifest=str(user_manifest)).scan_result()
     assert changed["skipped"]["corrupt"] == first["skipped"]["corrupt"] + 1
+
+
+def test_validation_and_grounding_loaders_leave_the_global_torch_rng_alone(user_manifest: Path) -> None:
+    # A validation between two training steps must not change the dropout masks after it: a run resumed
+    # from a checkpoint taken before that validation skips it, and must still follow the straight run.
+    dm = datamodule(manifest=str(user_manifest))
+    dm.setup("fit")
+    state = torch.get_rng_state()
+    list(dm.val_dataloader())
+    for modality in ("image", "audio"):
+        loader = dm.grounding_dataloader(modality, items_per_batch=2)
+        if loader is not None:
+            list(loader)
+    assert torch.equal(torch.get_rng_state(), state)
