@@ -30,11 +30,21 @@ def missing_modules(extra: str) -> list[str]:
     return missing
 
 
+def install_line(extra: str) -> str:
+    """The pip command that installs ``extra`` in the kit's clone."""
+    return f'pip install -e ".[{extra}]"'
+
+
+def help_suffix(extra: str) -> str:
+    """What a command's help adds when ``extra`` is missing here ("" when it is installed)."""
+    return f" (needs the {extra} extra: {install_line(extra)})" if missing_modules(extra) else ""
+
+
 def require_extra(extra: str, what: str) -> None:
     """Raise :class:`ConfigError` naming the ``pip install`` for ``extra`` if any of its modules is missing."""
     missing = missing_modules(extra)
     if missing:
         raise ConfigError(
             f"{what} needs the '{extra}' extra ({', '.join(missing)} not installed): "
-            f"pip install -e \".[{extra}]\" in the kit's clone (or pip install \"constellation-kit[{extra}]\")"
+            f"{install_line(extra)} in the kit's clone (or pip install \"constellation-kit[{extra}]\")"
         )

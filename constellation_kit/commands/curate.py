@@ -7,7 +7,7 @@ import os
 from jsonargparse import ArgumentParser, Namespace
 
 from constellation_kit.cli import Command, ConstellationCLI, register_command
-from constellation_kit.extras import missing_modules, require_extra
+from constellation_kit.extras import help_suffix, missing_modules, require_extra
 
 # datatrove is the 'curate' extra: without it the command is still listed, and says how to install it.
 INSTALLED = not missing_modules("curate")
@@ -51,7 +51,7 @@ def run(config: Namespace, cli: ConstellationCLI) -> None:
 register_command(Command(
     name="curate",
     help="Deduplicate, quality-filter and tokenise raw text, JSONL, Parquet and media manifests into shards."
-    + ("" if INSTALLED else ' (needs the curate extra: pip install -e ".[curate]")'),
+    + help_suffix("curate"),
     add_arguments=add_arguments,
     run=run,
 ))

@@ -7,7 +7,7 @@ from jsonargparse import ArgumentParser, Namespace
 
 from constellation_kit.cli import Command, ConstellationCLI, register_command
 from constellation_kit.data.tokenizer import SPECIAL_TOKENS
-from constellation_kit.extras import missing_modules, require_extra
+from constellation_kit.extras import help_suffix, missing_modules, require_extra
 
 # Files are read as curate reads them, with datatrove (the 'curate' extra): without it the command
 # is still listed, and says how to install it.
@@ -48,7 +48,7 @@ def run(config: Namespace, cli: ConstellationCLI) -> None:
 register_command(Command(
     name="tokenizer",
     help="Tokenizer tools: `tokenizer train` trains the byte-level BPE the recipes use."
-    + ("" if INSTALLED else ' (needs the curate extra: pip install -e ".[curate]")'),
+    + help_suffix("curate"),
     add_arguments=add_arguments,
     run=run,
 ))
