@@ -94,7 +94,8 @@ class MultimodalDataModule(TextDataModule):
         scan_media: decode every media file once in :meth:`setup` and drop the bad ones before
             packing. ``False`` skips the scan (a corpus of millions of files, where every rank would
             spend hours decoding): a bad file is then found when it is loaded, becomes a blank whose
-            caption is not trained on, and is counted the same way.
+            caption is not trained on, and is counted the same way. The built-in media
+            (``manifest: null``) are never scanned: the kit wrote them, and they appear complete.
         max_media_bytes: media files larger than this many bytes are skipped (``too_large``)
             without being read; ``None`` lifts the cap. The default, 64 MiB, is far above any
             image or clip a model of this kind trains on.
@@ -229,6 +230,13 @@ class MultimodalDataModule(TextDataModule):
     def _blanks(self) -> dict[str, torch.Tensor]:
         return {"image": torch.zeros(3, self.image_size, self.image_size), "audio": torch.zeros(self.audio_samples)}
 
+    @property
+    def _scans(self) -> bool:
+        # The generator's files are written into a hidden folder renamed into place when complete:
+        # decoding all 8000 again cost a second of the first run and found nothing. A file damaged
+        # later still becomes a blank when loaded.
+        return self.scan_media and self.manifest is not None
+
     def _scan(self, items: list[ManifestItem]) -> dict[str, Any]:
         """Decode every item once (:func:`~constellation_kit.data.media_scan.scan_media`)."""
         return scan_media(items, self.max_media_bytes)
@@ -281,14 +289,14 @@ class MultimodalDataModule(TextDataModule):
         """
         self._manifest_path()
         self.tokenizer
-        if self.scan_media:
+        if self._scans:
             self.scan_result()
 
     def setup(self, stage: str) -> None:
         if self.train_dataset is not None or self.val_dataset is not None:
             return
         media = [item for item in self.items if item.modality != "text"]
-        if self.scan_media:
+        if self._scans:
             media = self._usable(media)
         placeholder_ids, eos = self.placeholder_ids, self.eos_id
         splits = {"train": [], "val": []}

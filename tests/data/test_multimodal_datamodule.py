@@ -144,6 +144,23 @@ def test_builtin_data_is_written_to_files_and_read_back(tmp_path: Path) -> None:
     assert soundfile.info(audio.path).samplerate == 16_000
 
 
+def test_builtin_media_are_not_scanned_but_a_users_manifest_is(tmp_path: Path, user_manifest: Path) -> None:
+    # The kit wrote the built-in files (into a folder renamed into place when complete): decoding them
+    # all again only cost the first run time. A user's files are scanned as before.
+    def no_scan(items):
+        raise AssertionError("scanned")
+
+    builtin = datamodule(builtin_images=12, builtin_audio=12, cache_dir=str(tmp_path / "cache"))
+    builtin._scan = no_scan
+    builtin.prepare_data()
+    builtin.setup("fit")
+    assert len(builtin.train_dataset.bank.items) + len(builtin.val_dataset.bank.items) == 24
+    user = datamodule(manifest=str(user_manifest), cache_dir=str(tmp_path / "cache"))
+    user._scan = no_scan
+    with pytest.raises(AssertionError, match="scanned"):
+        user.prepare_data()
+
+
 class RecordingLogger:
     """Stands in for the MLflow logger: keeps what ``log_metrics`` was given."""
 
