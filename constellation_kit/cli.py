@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
 import torch
-from jsonargparse import ArgumentParser, Namespace, lazy_instance
+from jsonargparse import ArgumentParser, Namespace
 from lightning.pytorch import Callback, LightningDataModule, Trainer
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.plugins.io import CheckpointIO
@@ -27,6 +27,7 @@ from lightning.pytorch.plugins.io import CheckpointIO
 from constellation_kit.data.batching import micro_batch_size
 from constellation_kit.checkpointing import AtomicCheckpointIO, find_last_checkpoint
 from constellation_kit.errors import ConfigError
+from constellation_kit.lazy_default import lazy_default
 from constellation_kit.recipes import recipe_bases, with_recipe_bases
 from constellation_kit.tracking import MLflowRunLogger, SaveConfigToRun, check_run_resumable
 from constellation_kit.train.rng_state import RNGStateCheckpoint
@@ -74,7 +75,7 @@ class ConstellationCLI(LightningCLI):
             save_config_callback=SaveConfigToRun,
             save_config_kwargs={"overwrite": True},
             trainer_defaults={
-                "logger": lazy_instance(MLflowRunLogger),
+                "logger": lazy_default(MLflowRunLogger),
                 # Our samplers shard by rank themselves and resume mid-epoch; Lightning's
                 # automatic DistributedSampler would replace them and lose both.
                 "use_distributed_sampler": False,

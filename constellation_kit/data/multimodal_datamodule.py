@@ -10,7 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from jsonargparse import lazy_instance
 from torch.utils.data import DataLoader
 
 from constellation_kit.data import generated_media
@@ -40,6 +39,7 @@ from constellation_kit.data.text_datamodule import TextDataModule
 from constellation_kit.data.tokenizer import AUDIO_TOKEN, END_OF_TEXT, IMAGE_TOKEN, ByteLevelBPE
 from constellation_kit.data.seeded_loader import own_generator
 from constellation_kit.errors import ConfigError
+from constellation_kit.lazy_default import lazy_default
 
 log = logging.getLogger(__name__)
 
@@ -103,11 +103,11 @@ class MultimodalDataModule(TextDataModule):
 
     def __init__(
         self,
-        source: DocumentSource | None = lazy_instance(PythonStdlibSource),
+        source: DocumentSource | None = lazy_default(PythonStdlibSource),
         manifest: str | None = None,
         builtin_images: int = 2000,
         builtin_audio: int = 2000,
-        tokenizer: ByteLevelBPE = lazy_instance(ByteLevelBPE, special_tokens=[END_OF_TEXT, IMAGE_TOKEN, AUDIO_TOKEN]),
+        tokenizer: ByteLevelBPE = lazy_default(ByteLevelBPE, special_tokens=[END_OF_TEXT, IMAGE_TOKEN, AUDIO_TOKEN]),
         image_backbone: str = "vit_tiny_patch16_224",
         image_backbone_kwargs: dict[str, Any] | None = None,
         image_size: int = 224,

@@ -2,12 +2,12 @@
 
 import numpy as np
 import torch
-from jsonargparse import lazy_instance
 from torch.utils.data import Dataset
 
 from constellation_kit.data.long_range_tasks import MultiQueryAssociativeRecall, SyntheticTask
 from constellation_kit.data.datamodule import SampledDataModule
 from constellation_kit.errors import ConfigError
+from constellation_kit.lazy_default import lazy_default
 
 
 class SyntheticDataset(Dataset):
@@ -46,7 +46,7 @@ class SyntheticDataModule(SampledDataModule):
 
     def __init__(
         self,
-        task: SyntheticTask = lazy_instance(MultiQueryAssociativeRecall),
+        task: SyntheticTask = lazy_default(MultiQueryAssociativeRecall),
         seq_len: int = 256,
         val_seq_len: int | None = None,
         global_batch_size: int = 32,

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from jsonargparse import lazy_instance
 from tokenizers import Tokenizer
 
 from constellation_kit.data.cache import default_cache_dir, exclusive, write_atomically
@@ -15,6 +14,7 @@ from constellation_kit.data.packing import PackedDataset, pack_documents
 from constellation_kit.data.sources import DocumentSource, PythonStdlibSource
 from constellation_kit.data.tokenizer import END_OF_TEXT, ByteLevelBPE
 from constellation_kit.errors import ConfigError
+from constellation_kit.lazy_default import lazy_default
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,8 @@ class TextDataModule(SampledDataModule):
 
     def __init__(
         self,
-        source: DocumentSource = lazy_instance(PythonStdlibSource),
-        tokenizer: ByteLevelBPE = lazy_instance(ByteLevelBPE),
+        source: DocumentSource = lazy_default(PythonStdlibSource),
+        tokenizer: ByteLevelBPE = lazy_default(ByteLevelBPE),
         seq_len: int = 256,
         global_batch_size: int = 32,
         val_fraction: float = 0.05,
