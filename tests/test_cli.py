@@ -98,8 +98,8 @@ class RecordLossTerms(Callback):
         compute = pl_module._loss
         self.reported: float | None = None
 
-        def recording_loss(batch: dict):
-            result = compute(batch)
+        def recording_loss(batch: dict, logits_needed: bool = True):
+            result = compute(batch, logits_needed)
             if pl_module.training:
                 self.reported = float(result[0].detach())
             return result

@@ -159,12 +159,13 @@ class LanguageModel(L.LightningModule):
         return self.network(batch["tokens"], layout, edit_embeddings=self.embedding_editor(batch))
 
     def _loss(
-        self, batch: dict[str, torch.Tensor]
+        self, batch: dict[str, torch.Tensor], logits_needed: bool = True
     ) -> tuple[torch.Tensor, list[tuple[int, RouterOutput]], torch.Tensor | None]:
         """The language-model loss, each MoE layer's ``(layer_index, RouterOutput)``, and the logits (B, T, V).
 
         In training with ``loss_chunk_size`` the loss is computed chunk by chunk and the logits,
-        never materialised, are ``None``.
+        never materialised, are ``None``; without ``logits_needed``, on a CPU, they are ``None`` too
+        (only the scored positions' logits are computed).
         """
         output = self._network_output(batch)
         routing = moe_terms.routing_layers(output.aux)
@@ -173,6 +174,14 @@ class LanguageModel(L.LightningModule):
                 output.hidden, self.network.head_weight, batch["targets"], self.network.vocab_size, self.loss_chunk_size
             )
             return loss, routing, None
+        if not logits_needed and output.hidden.device.type == "cpu":
+            # Training discards the logits: only the scored positions go through the head, the same
+            # mean over the same targets. A multimodal batch's placeholders are a quarter of its
+            # positions (tiny.yaml), and the head is the largest matmul there. CPU only: on an
+            # accelerator the boolean index would make the host wait for the device every micro-batch.
+            scored = batch["targets"] != IGNORE_INDEX  # (B, T)
+            logits = self.network.logits(output.hidden[scored])  # (n, V)
+            return F.cross_entropy(logits.float(), batch["targets"][scored]), routing, None
         logits = self.network.logits(output.hidden)  # (B, T, V)
         # fp32 log-softmax whatever the autocast: bf16 loses the small probabilities.
         loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE_INDEX)
@@ -194,7 +203,7 @@ class LanguageModel(L.LightningModule):
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | dict:
         self._last_batch_shape = tuple(batch["tokens"].shape)
-        loss, routing, _ = self._loss(batch)
+        loss, routing, _ = self._loss(batch, logits_needed=False)
         # sync_dist: the logged value is the global batch's loss at any world size (one scalar
         # all-reduce per step, negligible beside the gradients' collectives).
         self.log("train/loss", loss, prog_bar=True, sync_dist=True)

@@ -223,8 +223,10 @@ class MultimodalLanguageModel(LanguageModel):
         self.log("data/skipped_items", total.sum())
         self.log_dict({f"data/skipped_{reason}": count for reason, count in zip(SKIP_REASONS, total)})
 
-    def _loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, list, torch.Tensor]:
-        loss, routing, logits = super()._loss(batch)
+    def _loss(
+        self, batch: dict[str, torch.Tensor], logits_needed: bool = True
+    ) -> tuple[torch.Tensor, list, torch.Tensor | None]:
+        loss, routing, logits = super()._loss(batch, logits_needed)
         if self.alignment_loss is not None and self._alignment_pairs:
             alignment = torch.stack([self.alignment_loss(m, t) for m, t in self._alignment_pairs]).mean()
             self.log(f"{'train' if self.training else 'val'}/alignment_loss", alignment)

@@ -95,6 +95,26 @@ def test_alignment_loss_is_added_with_its_weight() -> None:
     torch.testing.assert_close(difference, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_training_on_cpu_puts_only_scored_positions_through_the_head() -> None:
+    # The placeholders' targets are ignored: their logits are never computed in training, and the
+    # loss and every gradient equal the full-logits cross-entropy's.
+    torch.manual_seed(0)
+    model = make_model().train()
+    batch = make_batch()
+    assert (batch["targets"] == -100).any()
+    loss, _, logits = model._loss(batch, logits_needed=False)
+    assert logits is None
+    grads = torch.autograd.grad(loss, list(model.parameters()), allow_unused=True)
+    full = model.network.logits(model._network_output(batch).hidden)  # (B, T, V)
+    reference = torch.nn.functional.cross_entropy(full.flatten(0, 1), batch["targets"].flatten(), ignore_index=-100)
+    torch.testing.assert_close(loss, reference)
+    expected = torch.autograd.grad(reference, list(model.parameters()), allow_unused=True)
+    for name, got, want in zip([n for n, _ in model.named_parameters()], grads, expected):
+        assert (got is None) == (want is None), name
+        if got is not None:
+            torch.testing.assert_close(got, want, msg=name)
+
+
 def test_infonce_prefers_matched_pairs() -> None:
     loss = InfoNCEAlignment(temperature=0.1)
     x = torch.randn(6, 8)
