@@ -25,7 +25,7 @@ CASES = {
     # d_model 12 over 4 heads: head dimension 3, which RoPE cannot pair up.
     "odd_head_dim": ([NETWORK + "d_model=12"], ["head dimension 3", "must be even", "RoPE"]),
     "zero_capacity_factor": ([MOE + "dispatch.init_args.capacity_factor=0"], ["capacity_factor=0", "null for dropless"]),
-    "moe_every_past_depth": ([NETWORK + "moe_every=5"], ["moe_every=5", "n_layers=4", "no block would be MoE"]),
+    "moe_every_past_depth": ([NETWORK + "moe_every=5"], ["moe_every=5", "n_layers=3", "no block would be MoE"]),
     "image_tokens_mismatch": (["--data.init_args.image_tokens=8"],
                               ["image_tokens=8", "vision_encoder's num_tokens=16", "same value"]),
     "audio_tokens_mismatch": (["--model.init_args.audio_encoder.init_args.num_tokens=8"],
