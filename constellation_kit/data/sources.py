@@ -3,6 +3,7 @@
 import codecs
 import hashlib
 import logging
+import os
 import sys
 import sysconfig
 from abc import ABC, abstractmethod
@@ -90,16 +91,21 @@ class PythonStdlibSource(DocumentSource):
         and a walk of the standard library takes over a second.
         """
         files = []
-        for path in self.root.rglob("*.py"):
-            relative = path.relative_to(self.root)
-            parts = relative.parts
-            if "site-packages" in parts or "dist-packages" in parts:
-                continue
-            if not self.include_tests and any(p in ("test", "tests", "idlelib") or p.startswith("test_") for p in parts):
-                continue
-            files.append(relative)
+        # A pruned walk: the installed packages live inside the standard library's folder
+        # (lib/python3.X/site-packages), and walking them before filtering them out took 1.2-1.7 s
+        # of every run's start-up where torch, Lightning and MLflow are installed there.
+        for folder, subfolders, names in os.walk(self.root):
+            subfolders[:] = sorted(d for d in subfolders if self._keeps(d))
+            relative_folder = Path(folder).relative_to(self.root)
+            files.extend(relative_folder / n for n in names if n.endswith(".py") and self._keeps(n))
         files.sort(key=lambda p: hashlib.sha1(p.as_posix().encode()).hexdigest())
         return files[: self.max_documents] if self.max_documents is not None else files
+
+    def _keeps(self, name: str) -> bool:
+        """Whether a folder or file of this name may hold training documents."""
+        if name in ("site-packages", "dist-packages"):
+            return False
+        return self.include_tests or not (name in ("test", "tests", "idlelib") or name.startswith("test_"))
 
     def documents(self) -> Iterator[Document]:
         """Each file's text; bytes that are not UTF-8 become U+FFFD and the file is counted.
