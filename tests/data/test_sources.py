@@ -31,7 +31,9 @@ def test_the_standard_library_is_walked_once(monkeypatch: pytest.MonkeyPatch) ->
     assert len(walks) == 2
 
 
-def test_installed_packages_and_tests_are_never_documents_nor_walked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_installed_packages_and_tests_are_never_documents_nor_walked(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     for name in ["json/__init__.py", "json/decoder.py", "os.py", "notes.txt", "email/mime/text.py",
                  "site-packages/torch/nn.py", "dist-packages/x.py", "test/test_os.py", "json/tests/t.py",
                  "test_support.py", "idlelib/run.py", "unittest/test_case/a.py", "contest.py"]:
