@@ -240,10 +240,13 @@ class MultimodalLanguageModel(LanguageModel):
     def caption_choices_correct(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """For a grounding batch of N items x K candidate rows: (N,) bool, whether the item's own
         caption has the highest summed log-likelihood given the item."""
-        logits = self(batch["tokens"], batch["document_ids"], edit_embeddings=self.embedding_editor(batch))  # (N*K, T, V)
+        hidden = self._network_output(batch).hidden  # (N*K, T, D)
         targets = batch["targets"]
-        nll = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), ignore_index=IGNORE_INDEX, reduction="none")
-        log_likelihood = -nll.view(targets.shape).sum(dim=1).view(-1, int(batch["num_choices"]))  # (N, K)
+        # Only the candidate captions are scored (a fifth of the positions): only they go through the head.
+        scored = targets != IGNORE_INDEX
+        nll = torch.zeros(targets.shape, dtype=torch.float32, device=targets.device)
+        nll[scored] = F.cross_entropy(self.network.logits(hidden[scored]).float(), targets[scored], reduction="none")
+        log_likelihood = -nll.sum(dim=1).view(-1, int(batch["num_choices"]))  # (N, K)
         return log_likelihood.argmax(dim=1) == batch["answer"]
 
     def on_validation_epoch_end(self) -> None:
