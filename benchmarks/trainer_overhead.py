@@ -20,7 +20,8 @@ same data module (so the same batches in the same order, loaded live at each ste
 in fp32 (``precision: 32-true``, as tiny runs). Per step it does exactly:
 
 1. ``hidden, aux = network(tokens, SequenceLayout.from_document_ids(document_ids))``;
-2. ``loss = cross_entropy(network.logits(hidden) in fp32, targets, ignore_index=-100)``
+2. ``loss = cross_entropy(network.logits(hidden[scored]) in fp32, targets[scored])`` with
+   ``scored = targets != -100`` (the kit's training loss on a CPU: only scored positions reach the head)
    ``+ Σ coefficient · piece.value(routing)`` over base.yaml's balance pieces (Switch balance,
    router z-loss, router L2), on every MoE layer's router output;
 3. ``optimizer.zero_grad(); loss.backward()``;
@@ -163,8 +164,9 @@ def raw_training_loop(
     times, tokens, losses = [], [], []
     for _, batch in zip(range(steps), batches):
         output = network(batch["tokens"], SequenceLayout.from_document_ids(batch["document_ids"]))
-        logits = network.logits(output.hidden)  # (B, T, V)
-        loss = F.cross_entropy(logits.flatten(0, 1).float(), batch["targets"].flatten(), ignore_index=IGNORE_INDEX)
+        scored = batch["targets"] != IGNORE_INDEX  # (B, T)
+        logits = network.logits(output.hidden[scored])  # (n, V)
+        loss = F.cross_entropy(logits.float(), batch["targets"][scored])
         routing = [(index, aux) for index, aux in output.aux if isinstance(aux, RouterOutput)]
         for piece in balance:
             loss = loss + piece.coefficient * piece.value(routing)
