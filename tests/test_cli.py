@@ -28,9 +28,9 @@ def print_config(capsys: pytest.CaptureFixture, *configs: str | Path, extra: lis
 def test_later_configs_and_dotted_overrides_win(capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
     override = tmp_path / "wider.yaml"
     override.write_text("model:\n  init_args:\n    network:\n      init_args:\n        d_model: 256\n")
-    config = print_config(capsys, TINY, override, extra=["--model.init_args.network.init_args.n_layers=3"])
+    config = print_config(capsys, TINY, override, extra=["--model.init_args.network.init_args.n_layers=5"])
     network = config["model"]["init_args"]["network"]["init_args"]
-    assert (network["d_model"], network["n_layers"]) == (256, 3)
+    assert (network["d_model"], network["n_layers"]) == (256, 5)
 
 
 def test_an_integer_batch_limit_counts_batches_and_a_float_is_a_fraction(capsys: pytest.CaptureFixture) -> None:

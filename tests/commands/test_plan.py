@@ -29,8 +29,8 @@ def test_plan_runs_on_every_recipe(configs: list[str], capsys: pytest.CaptureFix
 
 def test_plan_counts_the_recipe_model_and_batch(capsys: pytest.CaptureFixture) -> None:
     result = plan(capsys, "--devices=1", f"--config={REPO / 'recipes' / 'variants' / 'dense.yaml'}", TEXT_ONLY)
-    # tiny, dense, no encoders: 2048-token vocabulary (tied), d_model 128, 4 blocks of GQA (4 heads, 2 KV) + SwiGLU(384)
-    d, hidden, layers = 128, 384, 4
+    # tiny, dense, no encoders: 2048-token vocabulary (tied), d_model 128, 3 blocks of GQA (4 heads, 2 KV) + SwiGLU(256)
+    d, hidden, layers = 128, 256, 3
     block = d * d + d * (2 * 2 * 32) + d * d + d * 2 * hidden + hidden * d + 2 * d
     assert result["total_params"] == 2048 * d + layers * block + d
     assert result["active_params"] == result["total_params"]  # dense: every parameter is active
@@ -43,8 +43,8 @@ def test_plan_counts_the_recipe_model_and_batch(capsys: pytest.CaptureFixture) -
 
 def test_moe_plan_counts_k_of_e_experts_as_active(capsys: pytest.CaptureFixture) -> None:
     result = plan(capsys, "--devices=1", TEXT_ONLY)
-    # tiny's MoE blocks: 8 experts of SwiGLU(192), top-2, a router of 8 x 128
-    d, experts, hidden, layers = 128, 8, 192, 4
+    # tiny's MoE blocks: 8 experts of SwiGLU(128), top-2, a router of 8 x 128
+    d, experts, hidden, layers = 128, 8, 128, 3
     routed = experts * (d * 2 * hidden + hidden * d)
     assert result["total_params"] - result["active_params"] == layers * routed * (experts - 2) // experts
     assert result["flops_per_token"] < 6 * result["total_params"]
