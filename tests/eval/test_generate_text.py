@@ -5,6 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
+from constellation_kit.data.media_rows import item_tokens
 from constellation_kit.data.multimodal_datamodule import PLACEHOLDERS
 from constellation_kit.errors import ConfigError
 from constellation_kit.eval.generation import generate_text
@@ -34,7 +35,10 @@ def test_a_file_becomes_what_validation_feeds_the_encoder(tiny_run, trained, mod
     assert torch.equal(inputs.load(modality, item.path), expected)
     # The placeholders are those a training item starts with.
     placeholders = inputs.placeholders(modality)
-    assert placeholders == cli.datamodule._encode_item(item)[: len(placeholders)]
+    dm = cli.datamodule
+    caption = trained.tokenizer.encode(item.text, add_special_tokens=False).ids
+    training_item = item_tokens(dm.placeholder_ids[modality], dm.num_placeholders[modality], caption, dm.eos_id, dm.seq_len + 1)
+    assert placeholders == training_item[: len(placeholders)]
     assert len(placeholders) == cli.datamodule.num_placeholders[modality]
     assert set(placeholders) == {trained.tokenizer.token_to_id(PLACEHOLDERS[modality])}
 
