@@ -72,7 +72,9 @@ def test_sigkill_mid_training_then_resume_reproduces_the_straight_run(in_tmp_dir
     steps = ["--trainer.max_steps=6", "--trainer.val_check_interval=3", *CHECKPOINT_EVERY_STEP, *RANDOM]
     run(in_tmp_dir, *steps, "--trainer.logger.init_args.run_name=straight")
 
-    victim = subprocess.Popen(command(*steps, "--trainer.logger.init_args.run_name=killed"), cwd=in_tmp_dir,
+    # Synchronous metrics: every step logged before the kill is in MLflow, none waits in the async queue.
+    victim = subprocess.Popen(command(*steps, "--trainer.logger.init_args.run_name=killed",
+                                      "--trainer.logger.init_args.async_metrics=false"), cwd=in_tmp_dir,
                               env=environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     checkpoints = in_tmp_dir / "runs" / "tiny" / "killed"
     deadline = time.monotonic() + 300
@@ -86,8 +88,12 @@ def test_sigkill_mid_training_then_resume_reproduces_the_straight_run(in_tmp_dir
 
     run(in_tmp_dir, *steps, "--trainer.logger.init_args.run_name=killed", "--ckpt_path=last")
     straight, resumed = losses(in_tmp_dir, "straight"), losses(in_tmp_dir, "killed")
-    assert sorted(straight) == sorted(resumed) == list(range(6))
-    assert resumed == straight  # bitwise on CPU: same data order, RNG, optimizer and schedule
+    assert sorted(straight) == list(range(6))
+    # Lightning writes a step's metrics just after that step's checkpoint: a kill between the two loses
+    # step 2's loss (the checkpoint after step 2 is step0000003), and the resumed run starts at step 3.
+    # Every other step is there.
+    assert set(straight) - set(resumed) <= {2} and set(resumed) >= {0, 1, 3, 4, 5}, sorted(resumed)
+    assert resumed == {step: straight[step] for step in resumed}  # bitwise on CPU: same data, RNG, optimizer, schedule
 
 
 # The balance terms that are means over tokens (z-loss) or batch-free (router L2): their value on the
