@@ -36,7 +36,8 @@ def lazy_default(class_type: type[ClassType], **kwargs) -> ClassType:
     if lazy_class is not None:
         assert issubclass(lazy_class, _LazyInitBaseClass) and issubclass(lazy_class, class_type), name
     else:
-        lazy_class = type(name, (_LazyInitBaseClass, class_type), {"__doc__": f"Class for lazy instances of {class_type}"})
+        namespace = {"__doc__": f"Class for lazy instances of {class_type}"}
+        lazy_class = type(name, (_LazyInitBaseClass, class_type), namespace)
         if caller is not None:
             lazy_class.__module__ = caller.__name__
             setattr(caller, name, lazy_class)
