@@ -128,7 +128,10 @@ class SampledDataModule(DataModule):
         # Otherwise (validation) the loader's own generator: a plain DataLoader draws each iterator's worker
         # seed from the global torch generator, so every validation would move the dropout masks after it
         # and a run resumed past a validation it skips would leave the straight run's trajectory.
-        kwargs = {"seed": self.seed, "rank": self._rank_and_world()[0]} if seeded else {"generator": own_generator(self.seed)}
+        if seeded:
+            kwargs = {"seed": self.seed, "rank": self._rank_and_world()[0]}
+        else:
+            kwargs = {"generator": own_generator(self.seed)}
         return (SeededLoader if seeded else DataLoader)(
             dataset,
             batch_size=self.micro_batch_size,

@@ -34,10 +34,10 @@ from constellation_kit.data.multimodal_dataset import (
 )
 from constellation_kit.data.packing import PackedDataset, pack_documents
 from constellation_kit.data.sampler import ResumableSampler
+from constellation_kit.data.seeded_loader import own_generator
 from constellation_kit.data.sources import DocumentSource, PythonStdlibSource
 from constellation_kit.data.text_datamodule import TextDataModule
 from constellation_kit.data.tokenizer import AUDIO_TOKEN, END_OF_TEXT, IMAGE_TOKEN, ByteLevelBPE
-from constellation_kit.data.seeded_loader import own_generator
 from constellation_kit.errors import ConfigError
 from constellation_kit.lazy_default import lazy_default
 

@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 from constellation_kit.data.cache import default_cache_dir
 from constellation_kit.data.datamodule import DataModule, check_data_fingerprint
 from constellation_kit.data.media import DEFAULT_MAX_MEDIA_BYTES, clip_samples
+from constellation_kit.data.seeded_loader import own_generator
 from constellation_kit.data.shards import TOKENIZER, ShardReader, ShardSource, join, read_text
 from constellation_kit.data.splits import split_chunks
 from constellation_kit.data.streaming_dataset import (
@@ -23,7 +24,6 @@ from constellation_kit.data.streaming_dataset import (
     drop_stream_state,
 )
 from constellation_kit.data.tokenizer import END_OF_TEXT, ByteLevelBPE
-from constellation_kit.data.seeded_loader import own_generator
 from constellation_kit.errors import ConfigError
 
 log = logging.getLogger(__name__)
