@@ -43,7 +43,6 @@ SHAPES = {
     "fine": dict(num_experts=64, top_k=8, hidden=128),
 }
 TOKENS, D_MODEL = 4096, 512
-DENSE, OURS = "dense SwiGLU (hidden K*H)", "constellation MoE (GroupedMMDispatch)"
 
 
 def moe_layer(num_experts: int, top_k: int, hidden: int, dispatch) -> MoEFeedForward:
@@ -102,19 +101,18 @@ def fwd_bwd(fn, x: torch.Tensor, grad: torch.Tensor) -> float:
     return time.perf_counter() - start
 
 
-def time_arms(arms: dict, x: torch.Tensor, grad: torch.Tensor, warmup: int) -> dict[str, list[float]]:
-    """fwd+bwd milliseconds of each repeat of each arm (name -> (module, repeats)), the arms interleaved.
+def time_pair(reference, ours, x: torch.Tensor, grad: torch.Tensor, repeats: int, warmup: int):
+    """fwd+bwd milliseconds of each repeat of ``reference`` and of ``ours``, the two taking turns.
 
-    Repeat ``i`` of every arm runs back to back with repeat ``i`` of the others: ``paired_ratio``
-    compares them pair by pair.
+    Repeat ``i`` of one runs back to back with repeat ``i`` of the other: ``paired_ratio`` compares
+    them pair by pair.
     """
-    times = {name: [] for name in arms}
-    for i in range(warmup + max(n for _, n in arms.values())):
-        for name, (fn, n) in arms.items():
-            if i < warmup + n:
-                elapsed = fwd_bwd(fn, x, grad)
-                if i >= warmup:
-                    times[name].append(elapsed * 1e3)
+    times = ([], [])
+    for i in range(warmup + repeats):
+        for arm, fn in zip(times, (reference, ours)):
+            elapsed = fwd_bwd(fn, x, grad)
+            if i >= warmup:
+                arm.append(elapsed * 1e3)
     return times
 
 
@@ -169,7 +167,7 @@ def main() -> None:
         torch.manual_seed(0)
         dense = SwiGLU(D_MODEL, hidden_dim=K * H)
         ours = moe_layer(E, K, H, GroupedMMDispatch())
-        references = [("dense", DENSE, dense, repeats)]
+        references = [("dense", "dense SwiGLU (hidden K*H)", dense, repeats)]
         if not args.no_loop:
             references.append(("loop", "constellation MoE (loop reference)", moe_layer(E, K, H, LoopDispatch()),
                                1 if args.quick else 3))
@@ -183,8 +181,7 @@ def main() -> None:
         for key, name, module, n in references:
             # One comparison at a time: timed in one rotation with transformers' block, our layer
             # ran ~8 % slower against the dense one (5 alternations, benchmarks/RESULTS.md).
-            rows = time_arms({name: (module, n), OURS: (ours, n)}, x, grad, warmup)
-            theirs, mine = rows[name], rows[OURS]
+            theirs, mine = time_pair(module, ours, x, grad, n, warmup)
             print(f"{shape:7} {name:38} {min(theirs):15.1f} {statistics.median(theirs):7.1f} {min(mine):13.1f} "
                   f"{statistics.median(mine):7.1f} {paired_ratio(mine, theirs):9.2f} {min(mine) / min(theirs):9.2f}")
             if key != "loop":
