@@ -7,7 +7,11 @@ Two shapes, fp32 on CPU, T = 4096 tokens, d_model = 512:
   fine:   E = 64, K = 8, expert hidden 128  (OLMoE-like)
 
 "dense" is :class:`constellation_kit.model.SwiGLU` (fused gate+up) with hidden = K × expert hidden,
-so it does the same multiply-adds per token as the routed experts: the physical ideal ratio is 1.0.
+so it does the same multiply-adds per token as the routed experts. The ratio's floor is above 1.0 on
+a CPU: the MoE layer also streams E/K times the dense layer's weights each way (48 MB of expert
+weights and 48 MB of gradients at the fine shape, against 6 MB), and gathers and scatter-adds each
+token's K copies; measured here that is ~45 ms and ~40 ms of a ~300 ms dense step (RESULTS.md,
+issue 15, session 9). On a GPU's HBM both are microseconds.
 "transformers" is ``MixtralSparseMoeBlock`` (pip install -e ".[bench]") with the same router and
 expert weights copied in, its default experts implementation; the script checks that it computes
 the same outputs and input gradient before timing it.

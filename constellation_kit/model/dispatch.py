@@ -109,8 +109,8 @@ class GroupedMMDispatch(Dispatcher):
     """The fast path: all routed experts in one operator, :func:`~constellation_kit.model.routed_experts.routed_experts`.
 
     No (T·K, D) copy of the tokens is made on CPU: each expert's rows are gathered, run through
-    both projections and index-added into the output in cache-sized blocks, experts spread over
-    the threads; the backward does the same. On Hopper GPUs in bf16 the operator runs
+    both projections and index-added into the output while they are in cache, one expert after
+    another, each matmul on the intra-op threads; the backward does the same. On Hopper GPUs in bf16 the operator runs
     ``torch._grouped_mm`` instead (one kernel per projection). Any device and dtype works; the
     operator has a fake kernel, so a compiled block keeps one graph.
     """
