@@ -31,7 +31,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from moe import D_MODEL, SHAPES, TOKENS, moe_layer  # noqa: E402  (this directory's script)
+from moe import D_MODEL, SHAPES, TOKENS, fwd_bwd, moe_layer  # noqa: E402  (this directory's script)
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from constellation_kit.model import GroupedMMDispatch, SwiGLU  # noqa: E402
@@ -57,10 +57,9 @@ def profile_by_kind(layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor)
     return totals
 
 
-def fwd_bwd(layer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> None:
-    x.grad = None
-    y = layer(x)
-    (y[0] if isinstance(y, tuple) else y).backward(grad)
+def median_by_kind(profiles: list[dict[str, float]]) -> dict[str, float]:
+    """Each kind's median over rounds of :func:`profile_by_kind`."""
+    return {kind: statistics.median(p[kind] for p in profiles) for kind in profiles[0]}
 
 
 def hot_expert_matmuls(num_experts: int, top_k: int, hidden: int, repeats: int = 5) -> float:
@@ -101,8 +100,7 @@ def main() -> None:
         for name, layer in layers.items():
             rounds[name].append(profile_by_kind(layer, x, grad))
         rounds["hot"].append(hot_expert_matmuls(E, K, H))
-    dense, moe = ({kind: statistics.median(r[kind] for r in rounds[name]) for kind in r0}
-                  for name, r0 in (("dense", rounds["dense"][0]), ("moe", rounds["moe"][0])))
+    dense, moe = median_by_kind(rounds["dense"]), median_by_kind(rounds["moe"])
     hot = statistics.median(rounds["hot"])
 
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fine shape, ms per fwd+bwd "
