@@ -40,7 +40,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script: import this checkout's kit
-from constellation_kit.model import GroupedMMDispatch, LoopDispatch, MoEFeedForward, SwiGLU, TopKRouter
+from constellation_kit.model import GroupedMMDispatch, LoopDispatch, MoEFeedForward, SwiGLU, TopKRouter  # noqa: E402
+from constellation_kit.train.cpu_memory import keep_freed_memory  # noqa: E402
 
 SHAPES = {
     "coarse": dict(num_experts=8, top_k=2, hidden=1024),
@@ -70,29 +71,6 @@ def mixtral_block(layer: MoEFeedForward, num_experts: int, top_k: int, hidden: i
         block.experts.gate_up_proj.copy_(layer.experts.gate_up_proj.transpose(1, 2))  # (E, 2H, D)
         block.experts.down_proj.copy_(layer.experts.down_proj.transpose(1, 2))  # (E, D, H)
     return block, getattr(config, "_experts_implementation", None)
-
-
-def keep_freed_memory() -> None:
-    """Stop glibc from mmap-ing and unmapping every large buffer (the default above 32 MB).
-
-    Measured here (issue 15): a fresh (T·K, D) = 64 MB fp32 buffer costs ~50 ms of page faults per
-    use on this machine, more than the copy itself (index_select into a fresh buffer 64 ms, into a
-    reused one 15 ms). MoE dispatch allocates several per step, a dense layer fewer: this flag
-    shows how much of the gap is the allocator. (jemalloc or tcmalloc via LD_PRELOAD do the same.)
-
-    The kit itself does not call this: it is a process-wide policy (freed memory is never handed
-    back, so the resident size stays at its peak), the GPU path does not allocate activations
-    through malloc, and the fused dispatch no longer makes (T·K, D) buffers. Anyone training on CPU
-    can get the same without code: ``MALLOC_MMAP_THRESHOLD_=1073741824
-    MALLOC_TRIM_THRESHOLD_=17179869184`` in the environment (measured here: a fresh 64 MB buffer's
-    first fill 29 ms -> 4.4 ms).
-    """
-    import ctypes
-
-    libc = ctypes.CDLL("libc.so.6")
-    M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-    libc.mallopt(M_MMAP_THRESHOLD, 1 << 30)
-    libc.mallopt(M_TRIM_THRESHOLD, 1 << 34)
 
 
 def fwd_bwd(fn, x: torch.Tensor, grad: torch.Tensor) -> float:
@@ -145,7 +123,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-loop", action="store_true", help="skip the (slow) per-expert-loop reference row")
     parser.add_argument("--keep-freed-memory", action="store_true",
-                        help="glibc: serve large buffers from the heap and keep freed ones (mallopt), for every arm")
+                        help="glibc: serve large buffers from the heap and keep freed ones, for every arm "
+                             "(the kit's KeepFreedMemory policy, which CPU fit runs apply)")
     args = parser.parse_args()
     if args.keep_freed_memory:
         keep_freed_memory()

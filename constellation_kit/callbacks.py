@@ -35,8 +35,9 @@ class ValidateAtStart(Callback):
         connector._first_loop_iter = first_loop_iter
 
 
-# MoE callbacks live beside the MoE training code; re-exported so recipes name them here.
+# Callbacks that live beside the training code they serve; re-exported so recipes name them here.
+from constellation_kit.train.cpu_memory import KeepFreedMemory  # noqa: E402
 from constellation_kit.train.moe_callbacks import AuxLossFreeBalancer, ExpertLoadHeatmap  # noqa: E402
-
-__all__ = ["AuxLossFreeBalancer", "ExpertLoadHeatmap", "ValidateAtStart"]
 from constellation_kit.train.profiler_artifacts import ProfilerTracesToMLflow  # noqa: E402
+
+__all__ = ["AuxLossFreeBalancer", "ExpertLoadHeatmap", "KeepFreedMemory", "ProfilerTracesToMLflow", "ValidateAtStart"]

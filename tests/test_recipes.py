@@ -56,7 +56,7 @@ def test_every_recipe_parses_with_the_base_folded_in(recipe: Path) -> None:
     assert class_paths(model["balance"]) == ["SwitchBalanceLoss", "RouterZLoss", "RouterL2Penalty"]
     assert config["trainer"]["gradient_clip_val"] == 1.0
     callbacks = class_paths(config["trainer"]["callbacks"])
-    assert callbacks[:2] == ["ValidateAtStart", "TQDMProgressBar"]
+    assert callbacks[:3] == ["KeepFreedMemory", "ValidateAtStart", "TQDMProgressBar"]
     assert callbacks[-1] == "ModelCheckpoint"  # last: --trainer.callbacks.init_args.every_n_train_steps reaches it
     assert config["trainer"]["callbacks"][-1]["init_args"]["filename"] == "step{step:07d}"
     # Lightning refuses to clip the gradients of a fused optimizer (it unscales them itself) under a
