@@ -1,23 +1,22 @@
-"""Trainer overhead: `constellation-kit fit` against a plain PyTorch loop doing the same maths, side by side.
+"""Trainer overhead: `constellation-kit fit` against a plain PyTorch loop doing the same maths, step by step.
 
-    python benchmarks/trainer_overhead.py [--repeats 3] [--warmup 10] [--window 40] [--workdir DIR]
+    python benchmarks/trainer_overhead.py [--repeats 3] [--warmup 10] [--window 80] [--threads N] [--workdir DIR]
 
 **fit** is the real CLI path, run in this process: :class:`~constellation_kit.cli.ConstellationCLI`
 parses ``fit --config recipes/tiny.yaml --config callbacks/default.yaml`` (so base.yaml's balance
 terms, AdamW, warmup-cosine schedule, gradient clipping, MLflow logger with system metrics, progress
-bar and ValidateAtStart; tiny.yaml's ValidationSuites and ModelCheckpoint; default.yaml's
-LearningRateMonitor, ThroughputMonitor and ExpertLoadHeatmap; and the CLI's own RNGStateCheckpoint
-and TokenizerInCheckpoint), with tiny's network under the text-only
+bar, KeepFreedMemory and ValidateAtStart; tiny.yaml's ValidationSuites and ModelCheckpoint;
+default.yaml's LearningRateMonitor, ThroughputMonitor and ExpertLoadHeatmap; and the CLI's own
+RNGStateCheckpoint and TokenizerInCheckpoint), with tiny's network under the text-only
 :class:`~constellation_kit.train.LanguageModel` and the data as a
 :class:`~constellation_kit.data.TextDataModule` (tiny's source, tokenizer, seq_len and batch). The only
-additions are a :class:`StepClock` callback, which stores a timestamp and the loss tensor at each
-``on_train_batch_end`` (no host sync), and ``--trainer.limit_val_batches`` /
+additions are one callback, :class:`SideBySide`, last in the list, and ``--trainer.limit_val_batches`` /
 ``--trainer.val_check_interval`` so that validation runs at the start and at the end only.
 
-**raw** is :func:`raw_training_loop`: the same network class and config, started from the *same
-initial weights* as fit (captured by StepClock), fed by a ``DataLoader`` from a fresh instance of the
-same data module (so the same batches in the same order, loaded live at each step as fit loads them),
-in fp32 (``precision: 32-true``, as tiny runs). Per step it does exactly:
+**raw** is :class:`RawLoop`: the same network class and config, started from the *same initial
+weights* as fit, fed by a ``DataLoader`` from a second instance of the same data module (so the same
+batches in the same order, loaded live at each step as fit loads them), in fp32 (``precision:
+32-true``, as tiny runs). Per step it does exactly:
 
 1. ``hidden, aux = network(tokens, SequenceLayout.from_document_ids(document_ids))``;
 2. ``loss = cross_entropy(network.logits(hidden[scored]) in fp32, targets[scored])`` with
@@ -29,14 +28,23 @@ in fp32 (``precision: 32-true``, as tiny runs). Per step it does exactly:
 5. ``optimizer.step(); scheduler.step()`` with the recipe's AdamW over the kit's weight-decay groups
    and its WarmupCosineSchedule over the same total steps.
 
-It logs nothing, calls no callback and never syncs, except that it stores each step's loss tensor.
+It logs nothing, calls no callback and never syncs, except that it keeps each step's loss tensor.
 
-Timing excludes start-up: both record ``time.perf_counter()`` at the end of each step, and tokens/s
-is measured over steps ``warmup .. warmup + window`` (validation and checkpoints fall outside it).
-fit and raw alternate (fit raw raw fit fit raw ...) so that drift in machine load hits both; the
-ratio of the medians of fit/raw tokens/s is the figure. As a check that the two do the same work,
-the JSON also carries both losses at the last step of the window (equal: the same float32 ops in the
-same order, the clipping norm summed over the optimizer's parameters as Lightning does).
+**Side by side, step by step.** :class:`SideBySide` runs one raw step inside each of fit's
+``on_train_batch_end``: fit's step *k* is the time from the end of raw step *k − 1* to the start of
+raw step *k* (Lightning's loop, data fetch, hooks, every other callback and the step itself), raw's
+is the raw step. So both arms see the same machine within a quarter of a second, and drift in its
+speed cancels. Runs that alternated (fit, raw, raw, fit...) could not resolve a 3% overhead here: one
+arm's tokens/s moved by up to 30% between runs on this shared 2-core host (``RESULTS.md``,
+issue 15). The cost of the design: each arm's step starts with the other's working set in the caches,
+for both alike. The two share the process and so its allocator policy (KeepFreedMemory, which fit
+sets up): the ratio is the trainer's overhead, not the allocator's.
+
+tokens/s of each arm is measured over steps ``warmup + 1 .. warmup + window`` (validation, which
+runs inside fit's first and last steps, and checkpoints fall outside it); the figure is the median
+over ``--repeats`` runs of fit/raw tokens/s. As a check that the two do the same work, every step's
+loss is compared: equal, the same float32 ops in the same order, the clipping norm summed over the
+optimizer's parameters as Lightning does.
 
 The last line printed is one JSON object.
 """
@@ -78,37 +86,96 @@ TEXT_MODEL = [
 """The recipe both sides run: tiny's network and text data, with the standard callbacks."""
 
 
-class StepClock(Callback):
-    """Records the time, the step's loss (a tensor, never synced) and its balance values after every training batch.
+class RawLoop:
+    """The module docstring's plain PyTorch loop over ``network``, one :meth:`step` at a time."""
 
-    Also keeps a copy of the network's weights as training starts, so a raw loop can start from them.
+    def __init__(
+        self,
+        network: torch.nn.Module,
+        optimizer_factory: Callable[[Iterable], torch.optim.Optimizer],
+        scheduler_factory: Callable[[torch.optim.Optimizer, int], Any],
+        balance: Sequence[BalanceLoss],
+        batches: Iterable[dict[str, torch.Tensor]],
+        total_steps: int,
+        clip_norm: float | None,
+    ) -> None:
+        self.network = network.train()
+        self.optimizer = optimizer_factory(weight_decay_groups(network))
+        self.scheduler = scheduler_factory(self.optimizer, total_steps)
+        self.balance = balance
+        self.batches = iter(batches)
+        self.clip_norm = clip_norm
+        # Clipped in the optimizer's order, as Lightning clips: the total norm's float summation order then
+        # matches fit's (in the network's order the losses drifted apart by ~1e-4 by step 50).
+        self.parameters = [p for group in self.optimizer.param_groups for p in group["params"]]
+
+    def step(self) -> tuple[torch.Tensor, int]:
+        """One optimizer step on the next batch: its loss (a tensor, not synced) and its tokens."""
+        batch = next(self.batches)
+        network = self.network
+        output = network(batch["tokens"], SequenceLayout.from_document_ids(batch["document_ids"]))
+        scored = batch["targets"] != IGNORE_INDEX  # (B, T)
+        logits = network.logits(output.hidden[scored])  # (n, V)
+        loss = F.cross_entropy(logits.float(), batch["targets"][scored])
+        routing = [(index, aux) for index, aux in output.aux if isinstance(aux, RouterOutput)]
+        # The balance terms summed first, then added: fit's association, so the float sums round alike.
+        loss = loss + sum(piece.coefficient * piece.value(routing) for piece in self.balance)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_norm)
+        self.optimizer.step()
+        self.scheduler.step()
+        return loss.detach(), batch["tokens"].numel()
+
+
+class SideBySide(Callback):
+    """Runs one :class:`RawLoop` step after each of fit's training batches and times both arms.
+
+    The raw network takes fit's weights as training starts. Per step it keeps the wall and process
+    CPU seconds of each arm (``fit_seconds``, ``raw_seconds``: ``(wall, cpu)`` pairs; fit's first
+    step has none, its start being Lightning's), both losses, the tokens, and fit's balance values
+    from the step's outputs. Put it last among the callbacks: those after it (Lightning moves
+    ModelCheckpoint there) are timed as part of fit's next step, which they are.
     """
 
-    def __init__(self) -> None:
-        self.times: list[tuple[float, float]] = []
-        self.losses: list[torch.Tensor] = []
+    def __init__(self, raw: RawLoop) -> None:
+        self.raw = raw
+        self.fit_seconds: list[tuple[float, float]] = []
+        self.raw_seconds: list[tuple[float, float]] = []
+        self.fit_losses: list[torch.Tensor] = []
+        self.raw_losses: list[torch.Tensor] = []
         self.tokens: list[int] = []
         self.balance: list[dict[str, torch.Tensor]] = []
-        self.initial_state: dict[str, torch.Tensor] | None = None
+        self._raw_done: tuple[float, float] | None = None
 
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.initial_state = {k: v.detach().clone() for k, v in pl_module.network.state_dict().items()}
+        self.raw.network.load_state_dict(pl_module.network.state_dict())
 
     def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        self.times.append(clock())
+        fit_done = clock()
+        if self._raw_done is not None:
+            self.fit_seconds.append(elapsed(self._raw_done, fit_done))
         self.tokens.append(batch["tokens"].numel())
-        self.losses.append(outputs["loss"].detach() if isinstance(outputs, dict) else outputs.detach())
+        self.fit_losses.append(outputs["loss"].detach() if isinstance(outputs, dict) else outputs.detach())
         self.balance.append(dict(outputs.get(BALANCE_KEY, {})) if isinstance(outputs, dict) else {})
+        loss, tokens = self.raw.step()
+        self._raw_done = clock()
+        self.raw_seconds.append(elapsed(fit_done, self._raw_done))
+        self.raw_losses.append(loss)
+        if tokens != self.tokens[-1]:
+            raise RuntimeError(f"step {batch_idx}: fit's batch has {self.tokens[-1]} tokens, raw's {tokens}")
 
 
-class _ClockedCLI(ConstellationCLI):
-    """The kit's CLI with one :class:`StepClock` appended to the trainer's callbacks."""
+class _SideBySideCLI(ConstellationCLI):
+    """The kit's CLI with a :class:`SideBySide` callback appended to the trainer's callbacks."""
 
-    clock: StepClock
+    def __init__(self, side_by_side: SideBySide, **kwargs: Any) -> None:
+        self.side_by_side = side_by_side
+        super().__init__(**kwargs)
 
     def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Callback]) -> Trainer:
-        self.clock = StepClock()
-        return super()._instantiate_trainer(config, [*callbacks, self.clock])
+        return super()._instantiate_trainer(config, [*callbacks, self.side_by_side])
 
 
 class _ConfigOnlyCLI(ConstellationCLI):
@@ -129,83 +196,35 @@ def fit_args(total_steps: int, extra: Sequence[str] = ()) -> list[str]:
     ]
 
 
-def run_fit(total_steps: int, extra: Sequence[str] = ()) -> _ClockedCLI:
-    """One ``constellation-kit fit`` in this process (the working directory holds runs/ and mlflow.db);
-    its ``clock`` holds the timings."""
-    return _ClockedCLI(args=fit_args(total_steps, extra))
+def build_raw_loop(total_steps: int, extra: Sequence[str] = (), clip_norm: float | None = 1.0) -> RawLoop:
+    """The raw loop over the recipe's network, optimizer, schedule, balance pieces and batches.
 
-
-def build_raw_parts(total_steps: int, extra: Sequence[str] = ()) -> tuple[Any, Any]:
-    """The LightningModule and data module as the CLI instantiates them from the same recipe, not run.
-
-    The raw loop takes only factories and settings from them: the network factory, vocabulary,
-    optimizer and scheduler factories, balance pieces, and the data module's loader.
+    Built from the classes the CLI instantiates from the same recipe (not run): the network factory,
+    vocabulary, optimizer and scheduler factories, balance pieces, and the data module's loader.
     """
     cli = _ConfigOnlyCLI(args=fit_args(total_steps, extra))
-    return cli.model, cli.datamodule
-
-
-def raw_training_loop(
-    network: torch.nn.Module,
-    optimizer_factory: Callable[[Iterable], torch.optim.Optimizer],
-    scheduler_factory: Callable[[torch.optim.Optimizer, int], Any],
-    balance: Sequence[BalanceLoss],
-    batches: Iterable[dict[str, torch.Tensor]],
-    total_steps: int,
-    steps: int,
-    clip_norm: float | None,
-) -> tuple[list[tuple[float, float]], list[int], list[torch.Tensor]]:
-    """Train ``network`` for ``steps`` optimizer steps: timestamps, tokens and loss tensors, per step.
-
-    The maths is the module docstring's list, no more.
-    """
-    network.train()
-    optimizer = optimizer_factory(weight_decay_groups(network))
-    scheduler = scheduler_factory(optimizer, total_steps)
-    # Clipped in the optimizer's order, as Lightning clips: the total norm's float summation order then
-    # matches fit's (in the network's order the losses drifted apart by ~1e-4 by step 50).
-    parameters = [p for group in optimizer.param_groups for p in group["params"]]
-    times, tokens, losses = [], [], []
-    for _, batch in zip(range(steps), batches):
-        output = network(batch["tokens"], SequenceLayout.from_document_ids(batch["document_ids"]))
-        scored = batch["targets"] != IGNORE_INDEX  # (B, T)
-        logits = network.logits(output.hidden[scored])  # (n, V)
-        loss = F.cross_entropy(logits.float(), batch["targets"][scored])
-        routing = [(index, aux) for index, aux in output.aux if isinstance(aux, RouterOutput)]
-        # The balance terms summed first, then added: fit's association, so the float sums round alike.
-        loss = loss + sum(piece.coefficient * piece.value(routing) for piece in balance)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_norm is not None:
-            torch.nn.utils.clip_grad_norm_(parameters, clip_norm)
-        optimizer.step()
-        scheduler.step()
-        times.append(clock())
-        tokens.append(batch["tokens"].numel())
-        losses.append(loss.detach())
-    return times, tokens, losses
-
-
-def run_raw(total_steps: int, initial_state: dict[str, torch.Tensor], extra: Sequence[str] = (),
-            clip_norm: float | None = 1.0) -> tuple[list[tuple[float, float]], list[int], list[torch.Tensor]]:
-    """The raw loop over the recipe's network, optimizer, schedule, balance pieces and batches."""
-    module, datamodule = build_raw_parts(total_steps, extra)
-    network = module.network_factory(module.vocab_size)
-    network.load_state_dict(initial_state)
+    module, datamodule = cli.model, cli.datamodule
     datamodule.prepare_data()
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     loader.sampler.set_epoch(0)  # as Lightning's fit loop does at the start of epoch 0
-    return raw_training_loop(network, module.optimizer_factory, module.scheduler_factory, module.balance,
-                             loader, total_steps, total_steps, clip_norm)
+    return RawLoop(module.network_factory(module.vocab_size), module.optimizer_factory, module.scheduler_factory,
+                   module.balance, loader, total_steps, clip_norm)
 
 
-def tokens_per_second(times: Sequence[float], tokens: Sequence[int], warmup: int, window: int) -> float:
-    """Tokens of steps ``warmup+1 .. warmup+window`` over the time from the end of step ``warmup`` to the end of the last."""
-    if len(times) < warmup + window + 1:
-        raise ValueError(f"{len(times)} steps timed, need {warmup + window + 1}")
-    elapsed = times[warmup + window] - times[warmup]
-    return sum(tokens[warmup + 1: warmup + window + 1]) / elapsed
+def run_side_by_side(total_steps: int, extra: Sequence[str] = (), clip_norm: float | None = 1.0) -> "_SideBySideCLI":
+    """One ``constellation-kit fit`` of ``total_steps`` in this process (the working directory holds runs/ and
+    mlflow.db) with a raw step after each of its steps; its ``side_by_side`` holds the timings and losses.
+
+    The raw loop is built first, so that its network's initialisation and its loader draw from the
+    global RNG before fit seeds it: fit runs exactly as it would alone. ``clip_norm`` must be the
+    recipe's ``gradient_clip_val`` (base.yaml's 1.0 unless ``extra`` changes it).
+    """
+    return _SideBySideCLI(SideBySide(build_raw_loop(total_steps, extra, clip_norm)), args=fit_args(total_steps, extra))
+
+
+def tokens_per_second(seconds: Sequence[float], tokens: Sequence[int]) -> float:
+    return sum(tokens) / sum(seconds)
 
 
 def clock() -> tuple[float, float]:
@@ -213,15 +232,15 @@ def clock() -> tuple[float, float]:
     return time.perf_counter(), time.process_time()
 
 
-def load_average() -> float:
-    return os.getloadavg()[0]
+def elapsed(start: tuple[float, float], end: tuple[float, float]) -> tuple[float, float]:
+    return end[0] - start[0], end[1] - start[1]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=3, help="fit/raw pairs, alternating order")
+    parser.add_argument("--repeats", type=int, default=3, help="fit runs, each with the raw loop side by side")
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the timing")
-    parser.add_argument("--window", type=int, default=40, help="steps timed")
+    parser.add_argument("--window", type=int, default=80, help="steps timed")
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     parser.add_argument("--workdir", type=Path, default=None, help="where runs/ and mlflow.db go (default: a temp dir)")
     args, extra = parser.parse_known_args()
@@ -232,50 +251,40 @@ def main() -> None:
     os.chdir(workdir)
     # Two steps after the window: the end-of-run checkpoint and validation stay out of it.
     total = args.warmup + args.window + 2
-    last = args.warmup + args.window
+    # fit_seconds[k] is fit's step k + 1 (its step 0 has no start of ours); raw_seconds[k] is step k.
+    window = slice(args.warmup + 1, args.warmup + args.window + 1)
 
-    rates: dict[str, dict[str, list[float]]] = {kind: {"wall": [], "cpu": []} for kind in ("fit", "raw")}
-    loss_at_window_end: dict[str, float] = {}
-    initial_state = None
-    order = []
-    for r in range(args.repeats):
-        order += ["fit", "raw"] if r % 2 == 0 else ["raw", "fit"]
-    for kind in order:
-        load = load_average()
-        if kind == "fit":
-            clock_callback = run_fit(total, extra).clock
-            if initial_state is None:
-                initial_state = clock_callback.initial_state
-            times, tokens, losses = clock_callback.times, clock_callback.tokens, clock_callback.losses
-        else:
-            times, tokens, losses = run_raw(total, initial_state, extra)
-        wall = tokens_per_second([t[0] for t in times], tokens, args.warmup, args.window)
-        cpu = tokens_per_second([t[1] for t in times], tokens, args.warmup, args.window)
-        rates[kind]["wall"].append(wall)
-        rates[kind]["cpu"].append(cpu)
-        loss_at_window_end.setdefault(kind, float(losses[last]))
-        print(f"{kind}: {wall:8.0f} tokens/s wall, {cpu:8.0f} tokens per CPU-second, steps {args.warmup + 1}-{last}"
+    runs = []
+    for repeat in range(args.repeats):
+        load = os.getloadavg()[0]
+        run = run_side_by_side(total, extra).side_by_side
+        tokens = run.tokens[window]
+        rate = {arm: {kind: tokens_per_second([s[m] for s in seconds], tokens) for m, kind in enumerate(("wall", "cpu"))}
+                for arm, seconds in (("fit", run.fit_seconds[window.start - 1: window.stop - 1]),
+                                     ("raw", run.raw_seconds[window]))}
+        equal = sum(bool(a == b) for a, b in zip(run.fit_losses, run.raw_losses, strict=True))
+        runs.append({"rate": rate, "ratio": rate["fit"]["wall"] / rate["raw"]["wall"],
+                     "ratio_cpu": rate["fit"]["cpu"] / rate["raw"]["cpu"],
+                     "equal_losses": equal, "steps": len(run.fit_losses), "last_loss": float(run.fit_losses[window.stop - 1])})
+        print(f"run {repeat + 1}: fit {rate['fit']['wall']:7.0f} tokens/s, raw {rate['raw']['wall']:7.0f} tokens/s, "
+              f"fit/raw {runs[-1]['ratio']:.3f} (per CPU-second {runs[-1]['ratio_cpu']:.3f}); "
+              f"steps {window.start}-{window.stop - 1}; losses equal at {equal} of {len(run.fit_losses)} steps"
               f"  (load {load:.2f})", flush=True)
 
-    median = {kind: {m: statistics.median(v) for m, v in by.items()} for kind, by in rates.items()}
-    ratio = {m: median["fit"][m] / median["raw"][m] for m in ("wall", "cpu")}
-    print(f"\nmedian tokens/s: fit {median['fit']['wall']:.0f}, raw {median['raw']['wall']:.0f}; "
-          f"fit/raw = {ratio['wall']:.3f} (per CPU-second: {ratio['cpu']:.3f})")
-    print(f"loss at step {last}: fit {loss_at_window_end['fit']:.6f}, raw {loss_at_window_end['raw']:.6f}")
+    ratio = statistics.median(r["ratio"] for r in runs)
+    ratio_cpu = statistics.median(r["ratio_cpu"] for r in runs)
+    print(f"\nfit/raw tokens/s, median of {len(runs)} runs: {ratio:.3f} (per CPU-second: {ratio_cpu:.3f})")
     print(json.dumps({
-        "ratio_fit_over_raw": round(ratio["wall"], 4),
-        "ratio_fit_over_raw_cpu": round(ratio["cpu"], 4),
-        "fit_tokens_per_s": round(median["fit"]["wall"]),
-        "raw_tokens_per_s": round(median["raw"]["wall"]),
-        "fit_runs": [round(x) for x in rates["fit"]["wall"]],
-        "raw_runs": [round(x) for x in rates["raw"]["wall"]],
-        "fit_runs_cpu": [round(x) for x in rates["fit"]["cpu"]],
-        "raw_runs_cpu": [round(x) for x in rates["raw"]["cpu"]],
+        "ratio_fit_over_raw": round(ratio, 4),
+        "ratio_fit_over_raw_cpu": round(ratio_cpu, 4),
+        "ratios": [round(r["ratio"], 4) for r in runs],
+        "fit_tokens_per_s": [round(r["rate"]["fit"]["wall"]) for r in runs],
+        "raw_tokens_per_s": [round(r["rate"]["raw"]["wall"]) for r in runs],
+        "losses_equal": all(r["equal_losses"] == r["steps"] for r in runs),
+        "loss_at_window_end": round(runs[0]["last_loss"], 6),
         "warmup_steps": args.warmup,
         "window_steps": args.window,
-        "fit_loss_at_window_end": round(loss_at_window_end["fit"], 6),
-        "raw_loss_at_window_end": round(loss_at_window_end["raw"], 6),
-        "load_average_end": round(load_average(), 2),
+        "load_average_end": round(os.getloadavg()[0], 2),
         "torch_threads": torch.get_num_threads(),
     }))
 

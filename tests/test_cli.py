@@ -89,7 +89,8 @@ class RecordLossTerms(Callback):
     ``optimised``: ``training_step``'s returned loss (Lightning hands callbacks that loss divided by
     ``accumulate_grad_batches``; multiplied back here). ``reported``: the loss ``_loss`` returned, which
     ``training_step`` logs as ``train/loss`` (the LM loss, plus ``alignment_weight x`` the alignment loss
-    in a multimodal module that has one); ``logged_loss``: ``train/loss`` as logged (the mean over ranks).
+    in a multimodal module that has one); ``logged_loss``: ``train/loss`` as last logged (the mean over
+    ranks), which is this micro-batch's on the steps the logger writes.
     ``balance``: each balance piece's ``moe/<name>`` this micro-batch (from the step's outputs); ``coefficients``: the
     pieces' coefficients, read off the model.
     """
@@ -111,7 +112,8 @@ class RecordLossTerms(Callback):
         balance = outputs.get(BALANCE_KEY, {}) if isinstance(outputs, dict) else {}
         row = {"step": trainer.global_step, "batch": batch_idx,
                "optimised": float(outputs["loss"]) * trainer.accumulate_grad_batches,
-               "reported": self.reported, "logged_loss": float(logged["train/loss"]),
+               # logged (so fresh) on the micro-batches the logger writes: an accumulation's last
+               "reported": self.reported, "logged_loss": float(logged["train/loss"]) if "train/loss" in logged else None,
                # this micro-batch's own values: logged ones are refreshed only on the steps the logger writes
                "balance": {p.name: float(balance[f"moe/{p.name}"]) for p in pl_module.balance if f"moe/{p.name}" in balance},
                "coefficients": {p.name: p.coefficient for p in pl_module.balance}}

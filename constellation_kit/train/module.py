@@ -32,8 +32,9 @@ class LanguageModel(L.LightningModule):
     """Next-token prediction over packed sequences.
 
     Takes batches of (B, T) ``tokens``, ``targets`` and ``document_ids`` and minimises the mean
-    cross-entropy of the targets (positions marked -100 excluded). Logs ``train/loss``,
-    ``train/lr``, ``val/loss`` and ``val/accuracy`` (top-1 over non-ignored targets).
+    cross-entropy of the targets (positions marked -100 excluded). Logs ``train/loss`` and
+    ``train/lr`` (on the steps the logger writes), ``val/loss`` and ``val/accuracy`` (top-1 over
+    non-ignored targets).
 
     The network is injected as a factory and built in :meth:`configure_model`, on whatever device
     the strategy's context makes the default: a sharding strategy
@@ -204,11 +205,11 @@ class LanguageModel(L.LightningModule):
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor | dict:
         self._last_batch_shape = tuple(batch["tokens"].shape)
         loss, routing, _ = self._loss(batch, logits_needed=False)
-        # sync_dist: the logged value is the global batch's loss at any world size (one scalar
-        # all-reduce per step, negligible beside the gradients' collectives).
-        self.log("train/loss", loss, prog_bar=True, sync_dist=True)
         written = self._logger_writes_this_step()
         if written:
+            # sync_dist: the logged value is the global batch's loss at any world size (one scalar
+            # all-reduce per written step, negligible beside the gradients' collectives).
+            self.log("train/loss", loss, prog_bar=True, sync_dist=True)
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], prog_bar=True)
         if not routing:
             return loss
@@ -225,16 +226,18 @@ class LanguageModel(L.LightningModule):
     def _logger_writes_this_step(self) -> bool:
         """Whether Lightning will write this training step's logged values to the loggers.
 
-        The MoE metrics are 6 × (MoE layers + 1) load statistics plus the balance values a step, and each
-        ``self.log`` costs Lightning a few hundred microseconds of Python (its result collection copies
-        the metric's metadata): on every step they were 4% of the tiny model's step time on a CPU
-        (``benchmarks/trainer_overhead.py``), for values the logger discards ``log_every_n_steps - 1``
-        times in ``log_every_n_steps``. So they, and ``train/lr``, are computed and logged only on the
-        steps that are written: the question Lightning's own LearningRateMonitor and ThroughputMonitor
-        ask, and no micro-batch but an accumulation's last (whose values Lightning writes). Their
-        ``callback_metrics`` entries are therefore as fresh as the last written step; ``train/loss``
-        (the progress bar's) is logged every step, and a callback that needs every micro-batch's
-        balance values reads them from the step's outputs (:data:`moe_terms.BALANCE_KEY`).
+        Each ``self.log`` costs Lightning ~0.5 ms of Python here (its result collection builds the
+        metric's metadata and updates a torchmetrics state), and the MoE metrics are 6 × (MoE layers + 1)
+        load statistics plus the balance values a step: logged on every step they were 4% of the tiny
+        model's step time on a CPU (``benchmarks/trainer_overhead.py``), for values the logger discards
+        ``log_every_n_steps - 1`` times in ``log_every_n_steps``. So they, ``train/loss`` and
+        ``train/lr`` are computed and logged only on the steps that are written: the question
+        Lightning's own LearningRateMonitor and ThroughputMonitor ask, and no micro-batch but an
+        accumulation's last (whose values Lightning writes). Their ``callback_metrics`` entries, and
+        the progress bar's ``train/loss``, are therefore as fresh as the last written step (the
+        recipes refresh the bar every ``log_every_n_steps`` anyway); a callback that needs every
+        micro-batch's loss or balance values reads them from the step's outputs (``"loss"``,
+        :data:`moe_terms.BALANCE_KEY`).
         """
         trainer = self._trainer
         if trainer is None or not trainer.training or trainer.fast_dev_run:

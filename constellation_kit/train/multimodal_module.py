@@ -229,7 +229,8 @@ class MultimodalLanguageModel(LanguageModel):
         loss, routing, logits = super()._loss(batch, logits_needed)
         if self.alignment_loss is not None and self._alignment_pairs:
             alignment = torch.stack([self.alignment_loss(m, t) for m, t in self._alignment_pairs]).mean()
-            self.log(f"{'train' if self.training else 'val'}/alignment_loss", alignment)
+            if self._logger_writes_this_step():  # in training, only the written steps'
+                self.log(f"{'train' if self.training else 'val'}/alignment_loss", alignment)
             loss = loss + self.alignment_weight * alignment
         self._alignment_pairs = []
         return loss, routing, logits

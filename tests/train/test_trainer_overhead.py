@@ -2,9 +2,9 @@
 
 One short ``fit`` through the real CLI (the benchmark's recipe at test sizes) is shared by the tests:
 
-- the benchmark's raw PyTorch loop, from fit's initial weights on the same batches, gives fit's loss
-  at every step (so its docstring's list of what fit computes is complete: balance terms, clipping,
-  weight-decay groups, schedule);
+- the benchmark's raw PyTorch loop, run a step after each of fit's from fit's initial weights on the
+  same batches, gives fit's loss at every step (so its docstring's list of what fit computes is
+  complete: balance terms, clipping, weight-decay groups, schedule), and both arms are timed;
 - the MoE load telemetry is computed only on the steps the logger writes, and is in MLflow at each, while
   every step's balance values reach callbacks in the step's outputs;
 - metrics go to MLflow asynchronously (params do not), and all are in the store when fit returns.
@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from conftest import REPO, enter_run_directory, tracking_client
-from constellation_kit.train import moe_terms
+from constellation_kit.train import LanguageModel, moe_terms
 
 STEPS = 12
 LOG_EVERY = 2
@@ -47,11 +47,17 @@ def load_benchmark():
 
 @pytest.fixture(scope="module")
 def fitted(tmp_path_factory: pytest.TempPathFactory):
-    """The benchmark's fit for ``STEPS`` steps, counting telemetry calls and MLflow batch writes."""
+    """The benchmark's fit for ``STEPS`` steps with its raw loop beside it, counting telemetry calls, the names
+    the module hands ``self.log`` and MLflow batch writes."""
     benchmark = load_benchmark()
     telemetry_calls: list[int] = []
+    logged_names: list[str] = []
     writes: list[dict] = []
-    telemetry, log_batch = moe_terms.telemetry, mlflow.MlflowClient.log_batch
+    telemetry, log_batch, log = moe_terms.telemetry, mlflow.MlflowClient.log_batch, LanguageModel.log
+
+    def recording_log(self, name, *args, **kwargs):
+        logged_names.append(name)
+        return log(self, name, *args, **kwargs)
 
     def counting_telemetry(layers):
         telemetry_calls.append(1)
@@ -65,41 +71,46 @@ def fitted(tmp_path_factory: pytest.TempPathFactory):
         enter_run_directory(patch, tmp_path_factory.mktemp("trainer-overhead"))
         patch.setattr(moe_terms, "telemetry", counting_telemetry)
         patch.setattr(mlflow.MlflowClient, "log_batch", recording_log_batch)
-        cli = benchmark.run_fit(STEPS, TEST_SIZES)
+        patch.setattr(LanguageModel, "log", recording_log)
+        cli = benchmark.run_side_by_side(STEPS, TEST_SIZES, clip_norm=CLIP)
         run_id = cli.trainer.logger.run_id
         history = {key: [m.step for m in tracking_client().get_metric_history(run_id, key)]
                    for key in ("train/loss", "train/lr", "moe/maxvio", "moe/layer0/cv", "moe/router_z_loss")}
-        yield benchmark, cli.clock, telemetry_calls, writes, history
+        yield cli.side_by_side, (telemetry_calls, logged_names), writes, history
 
 
 @pytest.mark.slow
-def test_the_raw_loop_computes_fits_loss_at_every_step(fitted) -> None:
-    benchmark, clock, *_ = fitted
-    times, tokens, raw_losses = benchmark.run_raw(STEPS, clock.initial_state, TEST_SIZES, clip_norm=CLIP)
-    fit_losses = torch.stack(clock.losses)
-    assert len(raw_losses) == len(fit_losses) == STEPS and tokens == clock.tokens == [4 * 32] * STEPS
+def test_the_raw_loop_computes_fits_loss_at_every_step_and_both_are_timed(fitted) -> None:
+    side_by_side, *_ = fitted
+    fit_losses = torch.stack(side_by_side.fit_losses)
+    assert len(side_by_side.raw_losses) == len(fit_losses) == STEPS and side_by_side.tokens == [4 * 32] * STEPS
     # The same float32 ops in the same order, down to the clipping norm's summation order: bit for bit.
     # A missing balance term (router L2 x 1e-3 alone is ~1e-4 of the loss), clipping or schedule step
     # moves a loss by far more; clipping in another parameter order, by a rounding error.
-    torch.testing.assert_close(torch.stack(raw_losses), fit_losses, rtol=0.0, atol=0.0)
+    torch.testing.assert_close(torch.stack(side_by_side.raw_losses), fit_losses, rtol=0.0, atol=0.0)
     assert len({round(float(x), 4) for x in fit_losses}) == STEPS  # it trained: a different loss at every step
+    # Every raw step is timed, and every fit step after the first (whose start is Lightning's).
+    assert len(side_by_side.raw_seconds) == STEPS and len(side_by_side.fit_seconds) == STEPS - 1
+    assert all(wall > 0 for wall, _ in side_by_side.raw_seconds + side_by_side.fit_seconds)
 
 
 @pytest.mark.slow
-def test_moe_telemetry_is_computed_only_on_the_written_steps_and_written_at_each(fitted) -> None:
-    *_, telemetry_calls, _, history = fitted
+def test_the_loss_and_moe_telemetry_are_logged_only_on_the_written_steps_and_written_at_each(fitted) -> None:
+    *_, (telemetry_calls, logged_names), _, history = fitted
     written = list(range(LOG_EVERY - 1, STEPS, LOG_EVERY))  # Lightning writes after steps 2, 4: logged as 1, 3
     assert history["train/loss"] == written
     assert history["moe/maxvio"] == history["moe/layer0/cv"] == history["moe/router_z_loss"] == written
-    assert len(telemetry_calls) == len(written)
     assert history["train/lr"] == written
+    # Computed and handed to Lightning (~0.5 ms a self.log) on those steps alone, not on every step.
+    assert len(telemetry_calls) == len(written)
+    assert logged_names.count("train/loss") == logged_names.count("train/lr") == len(written)
 
 
 @pytest.mark.slow
 def test_every_steps_balance_values_reach_callbacks_in_its_outputs(fitted) -> None:
-    benchmark, clock, *_ = fitted
-    assert len(clock.balance) == STEPS
-    for values in clock.balance:  # the values of the step's own routing: the three pieces, all non-zero
+    side_by_side, *_ = fitted
+    assert len(side_by_side.balance) == STEPS
+    for values in side_by_side.balance:  # the values of the step's own routing: the three pieces, all non-zero
         assert set(values) == {"moe/switch_balance", "moe/router_z_loss", "moe/router_l2"} and all(values.values())
 
 
