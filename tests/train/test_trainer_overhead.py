@@ -104,6 +104,10 @@ def test_the_loss_and_moe_telemetry_are_logged_only_on_the_written_steps_and_wri
     # Computed and handed to Lightning (~0.5 ms a self.log) on those steps alone, not on every step.
     assert len(telemetry_calls) == len(written)
     assert logged_names.count("train/loss") == logged_names.count("train/lr") == len(written)
+    # The 6 x (layers + 1) load statistics skip self.log altogether (one logger call a written step);
+    # the balance values, the loss's own terms, stay in Lightning's metrics.
+    assert logged_names.count("moe/router_z_loss") == len(written)
+    assert not any(name.endswith(("maxvio", "cv", "router_entropy")) for name in logged_names)
 
 
 @pytest.mark.slow
