@@ -92,11 +92,16 @@ class MLflowRunLogger(MLFlowLogger):
             ``None`` turns them off.
         async_metrics: write metrics through MLflow's asynchronous logging (a background thread that
             batches them), so that a training step never waits on the store: a synchronous write to the
-            default SQLite store takes 15-45 ms, and a log step makes three (Lightning's, and the
-            learning-rate and throughput monitors'), which cost the tiny recipe 2-4% of its steps on a
-            CPU (``benchmarks/trainer_overhead.py``). Every metric is in the store before the run is
+            default SQLite store takes 15-45 ms, and a log step makes four (Lightning's, the MoE
+            telemetry's, and the learning-rate and throughput monitors'), which cost the tiny recipe 2-4%
+            of its steps on a CPU (``benchmarks/trainer_overhead.py``). A step's metrics are also
+            gathered and written together at each ``save()`` Lightning makes after writing through its
+            connector (its own step's metrics, the throughput monitor's), when a later step's arrive,
+            or at the end: two writes a written step instead of four. Four writes of six metrics cost
+            the background thread 31 ms of mostly Python, one of 24 metrics 15 ms (``RESULTS.md``,
+            issue 15): time it takes the GIL from the training loop. Every metric is in the store before the run is
             marked finished (MLflow drains the queue then). Params, tags and artifacts stay synchronous,
-            so a refused param still raises where it is logged. ``False``: each write blocks.
+            so a refused param still raises where it is logged. ``False``: each write blocks, at once.
     """
 
     def __init__(
@@ -125,9 +130,32 @@ class MLflowRunLogger(MLFlowLogger):
         self.async_metrics = async_metrics
         self._resumed = run_id is not None
         self._system_metrics: SystemMetricsMonitor | None = None
+        self._pending_metrics: dict[str, float] = {}
+        self._pending_step: int | None = None
 
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        if not self.async_metrics or step is None:
+            self._write_metrics(metrics, step)
+            return
+        # Gathered by step: the learning-rate and throughput monitors, the MoE telemetry and Lightning each
+        # log a written step's metrics; Lightning's connector follows each of its writes with save().
+        if self._pending_metrics and step != self._pending_step:
+            self._write_pending_metrics()
+        self._pending_metrics.update(metrics)
+        self._pending_step = step
+
+    @rank_zero_only
+    def save(self) -> None:
+        super().save()
+        self._write_pending_metrics()
+
+    def _write_pending_metrics(self) -> None:
+        if self._pending_metrics:
+            metrics, self._pending_metrics = self._pending_metrics, {}
+            self._write_metrics(metrics, self._pending_step)
+
+    def _write_metrics(self, metrics: Mapping[str, float], step: int | None) -> None:
         # Lightning passes one set of log_batch arguments for params and metrics alike; only metrics go async.
         batch_kwargs = self._log_batch_kwargs
         if self.async_metrics:
@@ -153,6 +181,7 @@ class MLflowRunLogger(MLFlowLogger):
 
     @rank_zero_only
     def finalize(self, status: str = "success") -> None:
+        self._write_pending_metrics()
         if self._system_metrics is not None:
             self._system_metrics.finish()
             self._system_metrics = None
