@@ -152,7 +152,9 @@ class SideBySide(Callback):
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self.raw.network.load_state_dict(pl_module.network.state_dict())
 
-    def on_train_batch_end(self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
         fit_done = clock()
         if self._raw_done is not None:
             self.fit_seconds.append(elapsed(self._raw_done, fit_done))
@@ -259,13 +261,15 @@ def main() -> None:
         load = os.getloadavg()[0]
         run = run_side_by_side(total, extra).side_by_side
         tokens = run.tokens[window]
-        rate = {arm: {kind: tokens_per_second([s[m] for s in seconds], tokens) for m, kind in enumerate(("wall", "cpu"))}
-                for arm, seconds in (("fit", run.fit_seconds[window.start - 1: window.stop - 1]),
-                                     ("raw", run.raw_seconds[window]))}
+        timed = {"fit": run.fit_seconds[window.start - 1: window.stop - 1], "raw": run.raw_seconds[window]}
+        rate = {arm: {kind: tokens_per_second([s[m] for s in seconds], tokens)
+                      for m, kind in enumerate(("wall", "cpu"))}
+                for arm, seconds in timed.items()}
         equal = sum(bool(a == b) for a, b in zip(run.fit_losses, run.raw_losses, strict=True))
         runs.append({"rate": rate, "ratio": rate["fit"]["wall"] / rate["raw"]["wall"],
                      "ratio_cpu": rate["fit"]["cpu"] / rate["raw"]["cpu"],
-                     "equal_losses": equal, "steps": len(run.fit_losses), "last_loss": float(run.fit_losses[window.stop - 1])})
+                     "equal_losses": equal, "steps": len(run.fit_losses),
+                     "last_loss": float(run.fit_losses[window.stop - 1])})
         print(f"run {repeat + 1}: fit {rate['fit']['wall']:7.0f} tokens/s, raw {rate['raw']['wall']:7.0f} tokens/s, "
               f"fit/raw {runs[-1]['ratio']:.3f} (per CPU-second {runs[-1]['ratio_cpu']:.3f}); "
               f"steps {window.start}-{window.stop - 1}; losses equal at {equal} of {len(run.fit_losses)} steps"

@@ -32,7 +32,8 @@ PAGE_FAULTS_PER_ROUND = textwrap.dedent("""
 
 
 def page_faults_per_round(policy: str) -> list[int]:
-    result = subprocess.run([sys.executable, "-c", PAGE_FAULTS_PER_ROUND, policy], capture_output=True, text=True, check=True)
+    command = [sys.executable, "-c", PAGE_FAULTS_PER_ROUND, policy]
+    result = subprocess.run(command, capture_output=True, text=True, check=True)
     return eval(result.stdout)
 
 
