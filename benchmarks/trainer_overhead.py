@@ -198,31 +198,33 @@ def fit_args(total_steps: int, extra: Sequence[str] = ()) -> list[str]:
     ]
 
 
-def build_raw_loop(total_steps: int, extra: Sequence[str] = (), clip_norm: float | None = 1.0) -> RawLoop:
-    """The raw loop over the recipe's network, optimizer, schedule, balance pieces and batches.
+def build_raw_loop(total_steps: int, extra: Sequence[str] = ()) -> RawLoop:
+    """The raw loop over the recipe's network, optimizer, schedule, balance pieces, clipping and batches.
 
     Built from the classes the CLI instantiates from the same recipe (not run): the network factory,
-    vocabulary, optimizer and scheduler factories, balance pieces, and the data module's loader.
+    vocabulary, optimizer and scheduler factories, balance pieces, the trainer's ``gradient_clip_val``
+    and the data module's loader.
     """
     cli = _ConfigOnlyCLI(args=fit_args(total_steps, extra))
     module, datamodule = cli.model, cli.datamodule
+    if cli.trainer.gradient_clip_algorithm not in (None, "norm"):
+        raise ValueError(f"the raw loop clips by norm; the recipe clips by {cli.trainer.gradient_clip_algorithm}")
     datamodule.prepare_data()
     datamodule.setup("fit")
     loader = datamodule.train_dataloader()
     loader.sampler.set_epoch(0)  # as Lightning's fit loop does at the start of epoch 0
     return RawLoop(module.network_factory(module.vocab_size), module.optimizer_factory, module.scheduler_factory,
-                   module.balance, loader, total_steps, clip_norm)
+                   module.balance, loader, total_steps, cli.trainer.gradient_clip_val)
 
 
-def run_side_by_side(total_steps: int, extra: Sequence[str] = (), clip_norm: float | None = 1.0) -> "_SideBySideCLI":
+def run_side_by_side(total_steps: int, extra: Sequence[str] = ()) -> "_SideBySideCLI":
     """One ``constellation-kit fit`` of ``total_steps`` in this process (the working directory holds runs/ and
     mlflow.db) with a raw step after each of its steps; its ``side_by_side`` holds the timings and losses.
 
     The raw loop is built first, so that its network's initialisation and its loader draw from the
-    global RNG before fit seeds it: fit runs exactly as it would alone. ``clip_norm`` must be the
-    recipe's ``gradient_clip_val`` (base.yaml's 1.0 unless ``extra`` changes it).
+    global RNG before fit seeds it: fit runs exactly as it would alone.
     """
-    return _SideBySideCLI(SideBySide(build_raw_loop(total_steps, extra, clip_norm)), args=fit_args(total_steps, extra))
+    return _SideBySideCLI(SideBySide(build_raw_loop(total_steps, extra)), args=fit_args(total_steps, extra))
 
 
 def tokens_per_second(seconds: Sequence[float], tokens: Sequence[int]) -> float:

@@ -99,9 +99,10 @@ class MLflowRunLogger(MLFlowLogger):
             connector (its own step's metrics, the throughput monitor's), when a later step's arrive,
             or at the end: two writes a written step instead of four. Four writes of six metrics cost
             the background thread 31 ms of mostly Python, one of 24 metrics 15 ms (``RESULTS.md``,
-            issue 15): time it takes the GIL from the training loop. Every metric is in the store before the run is
-            marked finished (MLflow drains the queue then). Params, tags and artifacts stay synchronous,
-            so a refused param still raises where it is logged. ``False``: each write blocks, at once.
+            issue 15): time it takes the GIL from the training loop. Every metric is in the store
+            before the run is marked finished (MLflow drains the queue then). Params, tags and
+            artifacts stay synchronous, so a refused param still raises where it is logged. ``False``:
+            each write blocks, at once.
     """
 
     def __init__(

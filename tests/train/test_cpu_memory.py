@@ -3,6 +3,7 @@
 The allocator policy is process-wide and cannot be undone, so each case runs in its own interpreter.
 """
 
+import ast
 import statistics
 import subprocess
 import sys
@@ -34,7 +35,7 @@ PAGE_FAULTS_PER_ROUND = textwrap.dedent("""
 def page_faults_per_round(policy: str) -> list[int]:
     command = [sys.executable, "-c", PAGE_FAULTS_PER_ROUND, policy]
     result = subprocess.run(command, capture_output=True, text=True, check=True)
-    return eval(result.stdout)
+    return ast.literal_eval(result.stdout)
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")

@@ -74,7 +74,7 @@ def fitted(tmp_path_factory: pytest.TempPathFactory):
         patch.setattr(moe_terms, "telemetry", counting_telemetry)
         patch.setattr(mlflow.MlflowClient, "log_batch", recording_log_batch)
         patch.setattr(LanguageModel, "log", recording_log)
-        cli = benchmark.run_side_by_side(STEPS, TEST_SIZES, clip_norm=CLIP)
+        cli = benchmark.run_side_by_side(STEPS, TEST_SIZES)
         run_id = cli.trainer.logger.run_id
         history = {key: [m.step for m in tracking_client().get_metric_history(run_id, key)]
                    for key in ("train/loss", "train/lr", "moe/maxvio", "moe/layer0/cv", "moe/router_z_loss")}
