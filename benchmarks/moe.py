@@ -1,6 +1,6 @@
 """fwd+bwd time of the MoE layer against a dense SwiGLU of equal active FLOPs and Hugging Face's Mixtral block.
 
-    python benchmarks/moe.py [--quick] [--threads N] [--keep-freed-memory] [--no-loop]
+    python benchmarks/moe.py [--quick] [--threads N] [--keep-freed-memory] [--no-loop] [--host-check-seconds S]
 
 Two shapes, fp32 on CPU, T = 4096 tokens, d_model = 512:
   coarse: E = 8,  K = 2, expert hidden 1024 (Mixtral-like)
@@ -25,8 +25,9 @@ under the same conditions. Timing all arms in one rotation made ours ~8 % slower
 layer when transformers' allocation-heavy block ran between them. The ratio of fastest repeats is
 printed too. Prints a table, then one JSON line (time ratios, lower is better): ``moe_over_dense``
 and ``moe_over_transformers`` at the coarse shape, ``fine_moe_over_dense`` and
-``fine_moe_over_transformers`` at the fine one (paired medians), the same with ``_fastest``, and
-each comparison's fastest and median milliseconds.
+``fine_moe_over_transformers`` at the fine one (paired medians), the same with ``_fastest``, the
+paired ratios' quartiles (``_quartiles``), each comparison's fastest and median milliseconds, and a
+host check run first (``host_matmul_ms``: one dense-sized matmul, fastest and mean).
 """
 
 import argparse
@@ -103,6 +104,33 @@ def paired_ratio(times: list[float], base: list[float]) -> float:
     return statistics.median(t / b for t, b in zip(times, base))
 
 
+def paired_quartiles(times: list[float], base: list[float]) -> list[float]:
+    """First and third quartiles of the pairs' ratios: how far single pairs scatter around the median."""
+    ratios = [t / b for t, b in zip(times, base)]
+    if len(ratios) < 2:
+        return [round(ratios[0], 3)] * 2
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return [round(q1, 3), round(q3, 3)]
+
+
+def host_check(seconds: float) -> dict[str, float]:
+    """Fastest and mean milliseconds of one 4096x512 @ 512x2048 fp32 matmul, repeated for ``seconds``.
+
+    The same matmul as the dense layer's first projection. On a shared VM its mean drifts by a third
+    from one minute to the next while the fastest call barely moves, and the fine MoE layer, which
+    streams 8x the dense layer's weights, slows more than the dense one when the host is busy: this
+    puts the host's state beside the ratios it produced.
+    """
+    a, b = torch.randn(4096, 512), torch.randn(512, 2048)
+    times = []
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        start = time.perf_counter()
+        torch.mm(a, b)
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"fastest": round(min(times), 1), "mean": round(statistics.mean(times), 1)}
+
+
 def check_same_function(ours, block, x: torch.Tensor, grad: torch.Tensor) -> float:
     """Relative error between ours and transformers' block: outputs and input gradients, the larger."""
     errors = []
@@ -122,6 +150,8 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="fewer repeats (a few minutes on a quiet 2-core machine)")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
     parser.add_argument("--no-loop", action="store_true", help="skip the (slow) per-expert-loop reference row")
+    parser.add_argument("--host-check-seconds", type=float, default=5.0,
+                        help="time a dense-sized matmul this long first, to report how busy the host is (0: skip)")
     parser.add_argument("--keep-freed-memory", action="store_true",
                         help="glibc: serve large buffers from the heap and keep freed ones, for every arm "
                              "(the kit's KeepFreedMemory policy, which CPU fit runs apply)")
@@ -138,6 +168,10 @@ def main() -> None:
         print("transformers not installed (pip install -e '.[bench]'): its rows are skipped", file=sys.stderr)
 
     results = {}
+    if args.host_check_seconds > 0:
+        results["host_matmul_ms"] = host_check(args.host_check_seconds)
+        print(f"host check, 4096x512x2048 matmul for {args.host_check_seconds:g} s: "
+              f"fastest {results['host_matmul_ms']['fastest']} ms, mean {results['host_matmul_ms']['mean']} ms")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32 CPU, T={TOKENS}, d_model={D_MODEL}, "
           f"repeats={repeats}" + (f", transformers {transformers.__version__}" if transformers else ""))
     print(f"{'shape':7} {'ours against':38} {'its ms: fastest':>15} {'median':>7} {'ours: fastest':>13} {'median':>7} "
@@ -170,6 +204,7 @@ def main() -> None:
             if key != "loop":
                 results[f"{prefix}moe_over_{key}"] = round(paired_ratio(mine, theirs), 3)
                 results[f"{prefix}moe_over_{key}_fastest"] = round(min(mine) / min(theirs), 3)
+                results[f"{prefix}moe_over_{key}_quartiles"] = paired_quartiles(mine, theirs)
             results[f"{prefix}ms"][key] = {
                 arm: {"fastest": round(min(ms), 1), "median": round(statistics.median(ms), 1)}
                 for arm, ms in (("reference", theirs), ("ours", mine))

@@ -24,6 +24,10 @@ Experts run one after another on the calling thread, each matmul on its intra-op
 one-thread workers, one per range of experts, looked faster on a busy machine, but on a quiet one it
 lost: 1.52x dense at the fine shape against 1.25x inline, and the tiny recipe's steps ran 1.7 against
 2.8 per second (OpenMP teams spinning beside the workers; ``benchmarks/RESULTS.md``, issue 15).
+Splitting each expert's rows into smaller blocks, so that a block stays in a core's L2, was slower
+too. At the benchmark's fine shape (about 512 rows per expert), blocks of 256 rows made the operator
+1.18x slower and blocks of 128 rows 1.34x. Each block re-reads the expert's weights, and smaller
+matmuls run less efficiently.
 
 On CUDA (sm90+, bf16, 16-byte-aligned widths) the operator runs the grouped kernel
 ``torch._grouped_mm`` on the materialised copies instead: one kernel per projection beats a Python
